@@ -1,0 +1,16 @@
+"""sdlab: understand and train the components of Stable Diffusion on small images.
+
+Modules (imports point down):
+    config      ConfigError and the `require` check used by every config dataclass
+    data        datasets -> in-memory uint8 tensors -> batches in [-1, 1]
+    layers      blocks shared by the VAE and the U-Net
+    likelihood  Gaussian KL and the discretized Gaussian likelihood (bits/dim)
+    vae         VAEConfig, DiagonalGaussian, VAE, vae_loss
+    unet        UNetConfig, UNet
+    diffusion   noise schedules, training loss and samplers (never imports a network)
+    trainer     fit / evaluate / early stopping / checkpoints / TensorBoard
+    visualize   image grids and plots (matplotlib Agg)
+    cli         argparse from dataclass configs and the entry points
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,139 @@
+"""Command-line flags built from config dataclasses, plus `--config FILE`.
+
+Every dataclass field becomes `--kebab-case` (help from the field's metadata). The original
+repo's flag names are kept as aliases, declared by each entry point in one table. Values are
+merged as: dataclass defaults < `--config FILE` (JSON or TOML) < flags typed on the line.
+A value that fails its dataclass check is reported as one line naming the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+
+from ..config import ConfigError
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (plus a pointer to --help), exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _parse_tuple(kind: type):
+    def parse(text: str):
+        try:
+            return tuple(kind(part) for part in text.replace(",", " ").split())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}s like 1,2,2; got {text!r}")
+    return parse
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str,
+                     aliases: dict[str, list[str]] | None = None) -> None:
+    """Add one flag per field of dataclass `cls` (default SUPPRESS: only typed flags appear)."""
+    aliases = aliases or {}
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        meta = dict(f.metadata)
+        kwargs = {"dest": f.name, "default": argparse.SUPPRESS,
+                  "help": f"{meta.pop('help', '')} (default: {_show(f.default)})"}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is tuple:
+            kwargs["type"] = _parse_tuple(typing.get_args(kind)[0])
+            kwargs["metavar"] = "A,B,.."
+        else:
+            kwargs["type"] = kind
+        kwargs.update(meta)
+        group.add_argument(flag_name(f.name), *aliases.get(f.name, []), **kwargs)
+
+
+def _show(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return repr(value) if value == "" else str(value)
+
+
+def read_config_file(path: str) -> dict:
+    """Read `--config FILE` (JSON or TOML) into a flat {field: value} dict.
+
+    Sections such as {"train": {...}, "data": {...}} (the layout of the saved config.json)
+    are flattened, so a saved config can be passed back in.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("config", f"no such file {path}; pass a JSON or TOML file")
+    try:
+        if p.suffix.lower() == ".toml":
+            import tomllib
+
+            raw = tomllib.loads(p.read_text())
+        else:
+            raw = json.loads(p.read_text())
+    except ModuleNotFoundError:
+        raise ConfigError("config", "TOML needs Python 3.11+; use a JSON file") from None
+    except ValueError as err:
+        raise ConfigError("config", f"cannot parse {path}: {err}") from None
+    flat: dict = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return {k.replace("-", "_"): tuple(v) if isinstance(v, list) else v for k, v in flat.items()}
+
+
+def build_configs(parser: Parser, args: argparse.Namespace, classes: dict[str, type],
+                  overrides: dict | None = None) -> dict:
+    """Instantiate each dataclass in `classes` ({section: cls}) from defaults, file and flags.
+
+    `overrides` (field -> value) are applied under the typed flags: entry points use them for
+    defaults that depend on something else (e.g. the device). Errors exit with one line.
+    """
+    typed = {k: v for k, v in vars(args).items() if k != "config"}
+    merged = dict(overrides or {})
+    if getattr(args, "config", None):
+        try:
+            from_file = read_config_file(args.config)
+        except ConfigError as err:
+            parser.error(f"--config: {err.message}")
+        known = {f.name for cls in classes.values() for f in dataclasses.fields(cls)}
+        unknown = sorted(set(from_file) - known)
+        if unknown:
+            parser.error(f"--config {args.config}: unknown keys {', '.join(unknown)}")
+        merged.update(from_file)
+    merged.update(typed)
+    configs = {}
+    for section, cls in classes.items():
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            configs[section] = cls(**{k: v for k, v in merged.items() if k in names})
+        except ConfigError as err:
+            parser.error(f"{flag_name(err.field)}: {err.message}")
+        except TypeError as err:
+            parser.error(str(err))
+    return configs
+
+
+def config_dict(configs: dict) -> dict:
+    """{section: dataclass} -> plain nested dict (tuples as lists), for JSON and checkpoints."""
+    return {section: {k: list(v) if isinstance(v, tuple) else v
+                      for k, v in dataclasses.asdict(cfg).items()}
+            for section, cfg in configs.items()}
+
+
+def print_error_and_exit(message: str, code: int = 2) -> typing.NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)

@@ -1,0 +1,320 @@
+"""Datasets -> in-memory uint8 tensors -> batches in [-1, 1].
+
+Every dataset is decoded once into an `ImageSet`: uint8 images (N, C, H, W) and int64 labels
+(N,). Batches are cut from that tensor with a seeded permutation, flipped as a batch and
+converted to float in [-1, 1] on the target device, with no per-sample Python. This module and
+`visualize` are the only places that convert between uint8 and [-1, 1].
+
+Datasets: cifar10 (torchvision), fashion-mnist, mnist (torchvision), folder (image files laid out
+`train/<class>/*` and `test/<class>/*`, or one `<class>/*` tree split with a seed), synthetic
+(procedural coloured shapes on textured backgrounds, for tests and offline demos).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import option, require, require_choice
+
+DATASETS = ("cifar10", "fashion-mnist", "mnist", "folder", "synthetic")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+SYNTHETIC_CLASSES = (
+    "disc", "square", "triangle", "diamond", "ring", "cross", "hbar", "vbar", "ellipse", "corner",
+)
+
+
+class DataError(Exception):
+    """A dataset cannot be loaded; the message names the flag or file and the fix."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = option("cifar10", "dataset to train on", choices=DATASETS)
+    data_dir: str = option("./data", "where datasets live (cifar10 is downloaded here when missing)")
+    image_size: int = option(32, "images are resized once, at load, to this square size")
+    batch_size: int = option(128, "images per batch")
+    hflip: bool = option(True, "random horizontal flips of training batches")
+    val_fraction: float = option(0.1, "held-out share of a folder that has no train/test split")
+    num_workers: int = option(2, "threads decoding image files (folder dataset)")
+    synthetic_size: int = option(2000, "training images of the synthetic dataset")
+    gpu_cache: bool = option(False, "keep the uint8 dataset on the GPU when training there")
+
+    def __post_init__(self):
+        require_choice(self.dataset, DATASETS, "dataset")
+        require(self.image_size >= 8, "image_size", f"must be >= 8 (got {self.image_size})")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1 (got {self.batch_size})")
+        require(0 < self.val_fraction < 1, "val_fraction", f"must be in (0, 1) (got {self.val_fraction})")
+        require(self.num_workers >= 0, "num_workers", f"must be >= 0 (got {self.num_workers})")
+        require(self.synthetic_size >= 2, "synthetic_size", f"must be >= 2 (got {self.synthetic_size})")
+
+
+@dataclass
+class ImageSet:
+    """A decoded split: images (N, C, H, W) uint8, labels (N,) int64, class names."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+
+@dataclass
+class Splits:
+    """The training split and the held-out split (the test split where the dataset has one)."""
+
+    train: ImageSet
+    test: ImageSet
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 in [0, 255] -> float32 in [-1, 1]."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float in [-1, 1] -> uint8 in [0, 255] (rounded, clamped)."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+# ---------------------------------------------------------------- loading
+
+def load_splits(cfg: DataConfig, seed: int = 0) -> Splits:
+    """Decode `cfg.dataset` into memory at `cfg.image_size`. Raises DataError with a fix."""
+    if cfg.dataset == "synthetic":
+        n_test = max(cfg.synthetic_size // 5, 1)
+        splits = Splits(make_synthetic(cfg.synthetic_size, cfg.image_size, seed=0),
+                        make_synthetic(n_test, cfg.image_size, seed=1))
+    elif cfg.dataset == "folder":
+        splits = _load_folder(Path(cfg.data_dir), cfg, seed)
+    else:
+        splits = Splits(*(_load_torchvision(cfg, train) for train in (True, False)))
+    for name, split in (("training", splits.train), ("held-out", splits.test)):
+        if len(split) == 0:
+            raise DataError(f"the {name} split of --dataset {cfg.dataset} is empty; check --data-dir")
+    return splits
+
+
+def _load_torchvision(cfg: DataConfig, train: bool) -> ImageSet:
+    import torchvision.datasets as tvd
+
+    kind = {"cifar10": tvd.CIFAR10, "mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST}[cfg.dataset]
+    try:
+        ds = kind(root=cfg.data_dir, train=train, download=True)
+    except Exception as err:  # torchvision raises URLError, RuntimeError, OSError... when offline
+        archive = {"cifar10": "cifar-10-python.tar.gz", "mnist": "MNIST/raw/*.gz",
+                   "fashion-mnist": "FashionMNIST/raw/*.gz"}[cfg.dataset]
+        raise DataError(
+            f"{cfg.dataset} is not in {cfg.data_dir} and could not be downloaded "
+            f"({type(err).__name__}; offline?). Put {archive} in {cfg.data_dir} "
+            f"or use --dataset folder --data-dir DIR") from None
+    images = torch.as_tensor(np.asarray(ds.data))
+    images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+    labels = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+    classes = CIFAR10_CLASSES if cfg.dataset == "cifar10" else tuple(ds.classes)
+    return ImageSet(_resize(images.contiguous(), cfg.image_size), labels, classes)
+
+
+def _resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """Resize uint8 (N, C, H, W) to (N, C, size, size) once, with antialiasing."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    out = [F.interpolate(part.float(), size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False).round().clamp(0, 255).to(torch.uint8)
+           for part in images.split(chunk)]
+    return torch.cat(out)
+
+
+def _list_classes(root: Path) -> list[tuple[str, list[Path]]]:
+    classes = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+        if files:
+            classes.append((folder.name, files))
+    return classes
+
+
+def _load_folder(root: Path, cfg: DataConfig, seed: int) -> Splits:
+    if not root.is_dir():
+        raise DataError(f"--data-dir {root} does not exist; point it at a folder of "
+                        "train/<class>/*.png and test/<class>/*.png (or <class>/*.png)")
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        train, test = (_decode_tree(root / s, cfg) for s in ("train", "test"))
+        if train.classes != test.classes:
+            raise DataError(f"--data-dir {root}: train/ and test/ hold different class folders")
+        return Splits(train, test)
+    everything = _decode_tree(root, cfg)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(everything), generator=g)
+    n_test = max(1, int(round(cfg.val_fraction * len(everything))))
+    pick = lambda idx: ImageSet(everything.images[idx], everything.labels[idx], everything.classes)
+    return Splits(pick(order[n_test:]), pick(order[:n_test]))
+
+
+def _decode_tree(root: Path, cfg: DataConfig) -> ImageSet:
+    classes = _list_classes(root)
+    if not classes:
+        raise DataError(f"--data-dir {root} holds no class folders with images "
+                        f"({', '.join(IMAGE_EXTENSIONS)}); expected {root}/<class>/*.png")
+    files = [f for _, fs in classes for f in fs]
+    labels = torch.tensor([i for i, (_, fs) in enumerate(classes) for _ in fs], dtype=torch.int64)
+    names = tuple(name for name, _ in classes)
+    cache = _cache_path(root, files, cfg.image_size)
+    if cache is not None and cache.exists():
+        stored = torch.load(cache, weights_only=True)
+        return ImageSet(stored["images"], labels, names)
+    with ThreadPoolExecutor(max(cfg.num_workers, 1)) as pool:
+        arrays = list(pool.map(lambda f: _decode_file(f, cfg.image_size), files, chunksize=256))
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    if cache is not None:
+        _write_cache(cache, images)
+    return ImageSet(images, labels, names)
+
+
+def _decode_file(path: Path, size: int) -> np.ndarray:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(f"cannot read image {path} ({err}); remove or replace it") from None
+    if img.size != (size, size):
+        img = ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _cache_path(root: Path, files: list[Path], size: int) -> Path | None:
+    """Decoded folders are cached beside the data, keyed by file names, sizes, mtimes, size."""
+    digest = hashlib.sha1(str(size).encode())
+    for f in files:
+        st = f.stat()
+        digest.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    folder = root / ".sdlab-cache"
+    if not os.access(root, os.W_OK) and not folder.is_dir():
+        return None
+    return folder / f"{digest.hexdigest()[:16]}.pt"
+
+
+def _write_cache(path: Path, images: torch.Tensor) -> None:
+    try:
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"images": images}, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only data folder only costs a re-decode next time
+
+
+# ---------------------------------------------------------------- synthetic data
+
+def make_synthetic(n: int, size: int = 32, seed: int = 0) -> ImageSet:
+    """`n` deterministic images of 10 shape classes in random colours on striped backgrounds.
+
+    Args:
+        n: number of images; labels cycle through the 10 classes.
+        size: image side in pixels.
+        seed: numpy seed; the same seed gives the same images.
+    Returns:
+        ImageSet with uint8 images (n, 3, size, size).
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % len(SYNTHETIC_CLASSES)
+    rng.shuffle(labels)
+    coords = (np.arange(size) + 0.5) / size * 2 - 1
+    v, u = np.meshgrid(coords, coords, indexing="ij")            # (H, W) in [-1, 1]
+    u, v = u[None], v[None]
+
+    # background: a two-colour gradient crossed by stripes of random angle and frequency
+    c0, c1 = rng.uniform(0.1, 0.6, (2, n, 3, 1, 1))
+    angle = rng.uniform(0, np.pi, (n, 1, 1))
+    freq = rng.uniform(2, 6, (n, 1, 1))
+    along = np.cos(angle) * u + np.sin(angle) * v
+    stripes = 0.5 + 0.5 * np.sin(np.pi * freq * along)
+    mix = (0.5 + 0.5 * along)[:, None]
+    background = c0 * (1 - mix) + c1 * mix + 0.12 * stripes[:, None]
+
+    # foreground: one shape per image, centred at (cx, cy) with radius r
+    cx, cy = rng.uniform(-0.35, 0.35, (2, n, 1, 1))
+    r = rng.uniform(0.3, 0.55, (n, 1, 1))
+    x, y = (u - cx) / r, (v - cy) / r
+    masks = np.stack([
+        x**2 + y**2 < 1,                                          # disc
+        np.maximum(abs(x), abs(y)) < 0.8,                         # square
+        (y < 0.7) & (y > 2 * abs(x) - 0.9),                       # triangle
+        abs(x) + abs(y) < 1,                                      # diamond
+        (x**2 + y**2 < 1) & (x**2 + y**2 > 0.4),                  # ring
+        (np.minimum(abs(x), abs(y)) < 0.25) & (np.maximum(abs(x), abs(y)) < 1),  # cross
+        (abs(y) < 0.3) & (abs(x) < 1),                            # hbar
+        (abs(x) < 0.3) & (abs(y) < 1),                            # vbar
+        (x / 1.0) ** 2 + (y / 0.5) ** 2 < 1,                      # ellipse
+        (x > -0.8) & (y > -0.8) & (np.minimum(x, y) < -0.3) & (np.maximum(x, y) < 0.8),  # corner
+    ])                                                            # (10, n, H, W)
+    mask = masks[labels, np.arange(n)][:, None]                   # (n, 1, H, W)
+    colour = rng.uniform(0.55, 1.0, (n, 3, 1, 1)) * rng.permutation(np.eye(3) * 0.6 + 0.4)[
+        rng.integers(0, 3, n)][..., None, None]
+    image = np.where(mask, colour, background)
+    image = np.clip(image * 255 + rng.normal(0, 4, image.shape), 0, 255).round().astype(np.uint8)
+    return ImageSet(torch.from_numpy(image), torch.from_numpy(labels.astype(np.int64)),
+                    SYNTHETIC_CLASSES)
+
+
+# ---------------------------------------------------------------- batches
+
+class BatchLoader:
+    """Batches from an in-memory ImageSet, in [-1, 1] on `device`.
+
+    Epoch `e` uses a permutation and flips drawn from a generator seeded with (seed, e), so any
+    epoch, and any batch within it, can be replayed exactly: that is what makes resume exact.
+    """
+
+    def __init__(self, data: ImageSet, batch_size: int, *, shuffle: bool, hflip: bool,
+                 drop_last: bool, seed: int = 0, device: torch.device | str = "cpu",
+                 keep_on_device: bool = False):
+        self.device = torch.device(device)
+        store = self.device if keep_on_device else torch.device("cpu")
+        self.images = data.images.to(store)
+        self.labels = data.labels.to(store)
+        self.classes = data.classes
+        self.batch_size = batch_size
+        self.shuffle, self.hflip, self.drop_last, self.seed = shuffle, hflip, drop_last, seed
+        if self.images.device.type == "cpu" and self.device.type == "cuda":
+            self.images, self.labels = self.images.pin_memory(), self.labels.pin_memory()
+
+    def __len__(self) -> int:
+        n = self.images.shape[0]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (images (B, C, H, W) float in [-1, 1], labels (B,) int64) for one epoch."""
+        n = self.images.shape[0]
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        flips = torch.rand(n, generator=g) < 0.5
+        for b in range(start_batch, len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            x = to_unit_range(self.images[idx.to(self.images.device)].to(self.device, non_blocking=True))
+            if self.hflip:
+                flip = flips[b * self.batch_size:(b + 1) * self.batch_size].to(self.device)
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            yield x, self.labels[idx.to(self.labels.device)].to(self.device, non_blocking=True)
+
+    def __iter__(self):
+        return self.epoch(0)

@@ -1,0 +1,420 @@
+"""One training loop for every model: fit, evaluate, early stopping, checkpoints, TensorBoard.
+
+The model side supplies a loss function
+
+    loss_fn(model, images, labels, generator=..., step=...) -> {"loss": scalar, "<term>": scalar}
+
+In training `generator` is None (the global RNG, saved in checkpoints) and `step` the optimizer
+step (for warm-ups). In validation `generator` is a freshly seeded torch.Generator and `step`
+None, so every epoch's validation loss sees the same noise and timesteps and epochs compare. The trainer logs every term, train and val.
+
+Checkpoints (`last.pt` each epoch, `best.pt` on improvement) hold everything needed to continue
+exactly: model, EMA, optimizer, LR schedule, grad scaler, epoch, batch within the epoch, step,
+best metric, early-stopping counter, RNG states, the run config and the metric history.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import option, require, require_choice
+from .data import BatchLoader
+from .ema import EMA
+
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULERS = ("none", "step", "cosine", "plateau")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+LossFn = Callable[..., dict]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = option(10, "passes over the training set")
+    max_steps: int = option(0, "stop after this many optimizer steps (0: no limit)")
+    lr: float = option(2e-4, "peak learning rate")
+    optimizer: str = option("adamw", "optimizer", choices=OPTIMIZERS)
+    beta1: float = option(0.9, "Adam beta1")
+    beta2: float = option(0.999, "Adam beta2")
+    weight_decay: float = option(0.0, "weight decay (decoupled for adamw)")
+    scheduler: str = option("none", "learning-rate schedule after warm-up", choices=SCHEDULERS)
+    step_size: int = option(10, "step: epochs between LR drops; plateau: epochs without improvement")
+    gamma: float = option(0.5, "LR factor applied by the step and plateau schedules")
+    warmup_steps: int = option(0, "linear LR warm-up over this many optimizer steps")
+    grad_clip: float = option(1.0, "clip the gradient norm to this value (0 disables)")
+    grad_accum: int = option(1, "accumulate gradients over this many batches per step")
+    ema_decay: float = option(0.0, "EMA decay of the weights used for validation (0 disables)")
+    precision: str = option("fp32", "autocast precision (fp16 needs CUDA)", choices=PRECISIONS)
+    device: str = option("auto", "auto takes CUDA when present", choices=DEVICES)
+    seed: int = option(0, "seed of weights, batches and noise")
+    early_stop_patience: int = option(0, "stop after this many epochs without improvement (0 disables)")
+    min_delta: float = option(0.0, "smallest drop of val/loss that counts as improvement")
+    save_dir: str = option("outputs", "checkpoints, history and figures go here")
+    log_dir: str = option("", "TensorBoard events and train.log (default: SAVE_DIR/logs)")
+    log_every: int = option(20, "log train/<term> to TensorBoard every this many steps")
+    resume: str = option("", "continue from a checkpoint (no value: SAVE_DIR/last.pt)",
+                         nargs="?", const="last")
+    visualize: bool = option(False, "write figures (PNG) into the save dir after training")
+    debug: bool = option(False, "autograd anomaly detection (slow)")
+
+    def __post_init__(self):
+        for name in ("epochs", "grad_accum", "log_every", "step_size"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1 (got {getattr(self, name)})")
+        for name in ("max_steps", "early_stop_patience", "warmup_steps", "grad_clip", "min_delta",
+                     "weight_decay"):
+            require(getattr(self, name) >= 0, name, f"must be >= 0 (got {getattr(self, name)})")
+        require(self.lr > 0, "lr", f"must be > 0 (got {self.lr})")
+        require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1) (got {self.ema_decay})")
+        require(0 < self.gamma <= 1, "gamma", f"must be in (0, 1] (got {self.gamma})")
+        for name in ("beta1", "beta2"):
+            require(0 <= getattr(self, name) < 1, name, f"must be in [0, 1) (got {getattr(self, name)})")
+        require_choice(self.optimizer, OPTIMIZERS, "optimizer")
+        require_choice(self.scheduler, SCHEDULERS, "scheduler")
+        require_choice(self.precision, PRECISIONS, "precision")
+        require_choice(self.device, DEVICES, "device")
+
+    @property
+    def logs(self) -> Path:
+        return Path(self.log_dir or Path(self.save_dir) / "logs")
+
+
+class TrainingStopped(Exception):
+    """Training ended early and abnormally (signal or non-finite loss); the message says why."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU. Raises ValueError for 'cuda' without CUDA."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for `precision` (bf16 works on CPU too)."""
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+class LRSchedule:
+    """Learning-rate factor per optimizer step: linear warm-up, then step, cosine or plateau."""
+
+    def __init__(self, cfg: TrainConfig, steps_per_epoch: int, total_steps: int):
+        self.cfg, self.steps_per_epoch, self.total_steps = cfg, steps_per_epoch, max(total_steps, 1)
+        self.plateau = {"scale": 1.0, "best": math.inf, "bad": 0}
+
+    def factor(self, step: int) -> float:
+        cfg = self.cfg
+        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        if cfg.scheduler == "step":
+            return warm * cfg.gamma ** (step // self.steps_per_epoch // cfg.step_size)
+        if cfg.scheduler == "cosine":
+            progress = min(max(step - cfg.warmup_steps, 0) / max(self.total_steps - cfg.warmup_steps, 1), 1.0)
+            return warm * 0.5 * (1 + math.cos(math.pi * progress))
+        if cfg.scheduler == "plateau":
+            return warm * self.plateau["scale"]
+        return warm
+
+    def epoch_end(self, val_loss: float) -> None:
+        p = self.plateau
+        if val_loss < p["best"] - self.cfg.min_delta:
+            p["best"], p["bad"] = val_loss, 0
+        else:
+            p["bad"] += 1
+            if p["bad"] >= self.cfg.step_size:
+                p["scale"], p["bad"] = p["scale"] * self.cfg.gamma, 0
+
+    def state_dict(self) -> dict:
+        return dict(self.plateau)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.plateau = dict(state)
+
+
+class Trainer:
+    """Fits `model` with `loss_fn` on `train`, validating on `val` after every epoch.
+
+    Args:
+        model: the network, already on `device`.
+        loss_fn: see the module docstring.
+        train, val: batch loaders (val without shuffling or flips).
+        cfg: TrainConfig.
+        run_config: the whole resolved config (plain dict), stored in every checkpoint so that
+            commands can rebuild the model from the file alone.
+        epoch_hook: called as epoch_hook(trainer) after each epoch's checkpoint is written
+            (TensorBoard images, sample grids).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, train: BatchLoader, val: BatchLoader,
+                 cfg: TrainConfig, *, run_config: dict, device: torch.device,
+                 epoch_hook: Callable[["Trainer"], None] | None = None):
+        self.model, self.loss_fn, self.train_loader, self.val_loader = model, loss_fn, train, val
+        self.cfg, self.run_config, self.device, self.epoch_hook = cfg, run_config, device, epoch_hook
+        self.save_dir = Path(cfg.save_dir)
+        opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = math.ceil(len(train) / cfg.grad_accum)
+        total = cfg.epochs * self.steps_per_epoch
+        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
+        self.schedule = LRSchedule(cfg, self.steps_per_epoch, self.total_steps)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.epoch = 0          # completed epochs
+        self.batch = 0          # batches done within the current epoch (non-zero after a signal)
+        self.step = 0           # optimizer steps
+        self.best = {"value": math.inf, "epoch": -1}
+        self.bad_epochs = 0
+        self.history: list[dict] = []
+        self.partial: dict[str, float] = {}   # running sums of this epoch's train terms
+        self.writer = None
+        self._signal: int | None = None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights used for validation, sampling and evaluation (EMA when enabled)."""
+        return self.ema.model if self.ema is not None else self.model
+
+    # ------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict:
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch, "batch": self.batch, "step": self.step,
+            "best": dict(self.best), "bad_epochs": self.bad_epochs,
+            "partial": dict(self.partial), "rng": rng,
+            "config": self.run_config, "history": list(self.history),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"] if state["ema"] is not None else state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["lr_schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
+        self.best, self.bad_epochs = dict(state["best"]), state["bad_epochs"]
+        self.partial, self.history = dict(state["partial"]), list(state["history"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def resume_path(self) -> Path:
+        return self.save_dir / "last.pt" if self.cfg.resume == "last" else Path(self.cfg.resume)
+
+    # ------------------------------------------------------------ logging
+
+    def log(self, message: str) -> None:
+        tqdm.write(message)
+        with open(self.cfg.logs / "train.log", "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+    # ------------------------------------------------------------ loop
+
+    def fit(self) -> list[dict]:
+        """Train until epochs, max_steps or early stopping. Returns the metric history.
+
+        Raises TrainingStopped on SIGINT/SIGTERM (after writing last.pt) and on a non-finite
+        loss (leaving the last good checkpoint untouched).
+        """
+        from torch.utils.tensorboard import SummaryWriter
+
+        cfg = self.cfg
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        cfg.logs.mkdir(parents=True, exist_ok=True)
+        if cfg.resume:
+            self.load_state_dict(load_checkpoint(self.resume_path(), self.device))
+            self.log(f"resumed from {self.resume_path()} at epoch {self.epoch}, step {self.step}")
+        self.writer = SummaryWriter(str(cfg.logs))
+        previous = self._install_signal_handlers()
+        try:
+            with torch.autograd.set_detect_anomaly(cfg.debug):
+                while self.epoch < cfg.epochs and not self._out_of_steps():
+                    if self._train_epoch():
+                        break
+        finally:
+            self._restore_signal_handlers(previous)
+            self.writer.close()
+        return self.history
+
+    def _out_of_steps(self) -> bool:
+        return bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
+
+    def _train_epoch(self) -> bool:
+        """One epoch (or its remainder after a resume). Returns True when early stopping fires."""
+        cfg, model = self.cfg, self.model
+        model.train()
+        n_batches = len(self.train_loader)
+        bar = tqdm(total=n_batches, initial=self.batch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                   leave=False, dynamic_ncols=True)
+        window: dict[str, float] = {}
+        for images, labels in self.train_loader.epoch(self.epoch, self.batch):
+            with autocast(self.device, cfg.precision):
+                terms = self.loss_fn(model, images, labels, generator=None, step=self.step)
+            self._check_finite(terms)
+            self.scaler.scale(terms["loss"] / cfg.grad_accum).backward()
+            self.batch += 1
+            values = {k: v.item() for k, v in terms.items()}
+            for k, v in values.items():
+                self.partial[k] = self.partial.get(k, 0.0) + v * images.shape[0]
+                window[k] = window.get(k, 0.0) + v
+            self.partial["_count"] = self.partial.get("_count", 0.0) + images.shape[0]
+            window["_count"] = window.get("_count", 0.0) + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{values['loss']:.4g}")
+            if self.batch % cfg.grad_accum and self.batch != n_batches:
+                continue
+            self._optimizer_step()
+            if self.step % cfg.log_every == 0:
+                for k, v in window.items():
+                    if k != "_count":
+                        self.writer.add_scalar(f"train/{k}", v / window["_count"], self.step)
+                self.writer.add_scalar("lr", self.optimizer.param_groups[0]["lr"], self.step)
+                window = {}
+            if self._signal is not None:
+                bar.close()
+                self._stop_for_signal()
+            if self._out_of_steps():
+                break
+        bar.close()
+        return self._end_epoch()
+
+    def _optimizer_step(self) -> None:
+        cfg = self.cfg
+        lr = cfg.lr * self.schedule.factor(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, self.step)
+
+    def _check_finite(self, terms: dict) -> None:
+        for name, value in terms.items():
+            if not torch.isfinite(value.detach()).all():
+                kept = self.save_dir / "last.pt"
+                kept_msg = (f"{kept} still holds the last good checkpoint (epoch {self.epoch})"
+                            if kept.exists() else "no checkpoint was written yet")
+                raise TrainingStopped(
+                    f"non-finite loss at step {self.step + 1} (epoch {self.epoch + 1}): term "
+                    f"'{name}' = {value.detach().float().mean().item()}; stopped. {kept_msg}. "
+                    "Try a lower --lr, --grad-clip 1, or --precision fp32.", exit_code=1)
+
+    def _end_epoch(self) -> bool:
+        cfg = self.cfg
+        count = self.partial.pop("_count", 1.0)
+        record = {"epoch": self.epoch + 1, "step": self.step,
+                  "lr": self.optimizer.param_groups[0]["lr"]}
+        record.update({f"train/{k}": v / count for k, v in self.partial.items()})
+        val = self.evaluate()
+        record.update({f"val/{k}": v for k, v in val.items()})
+        for k, v in val.items():
+            self.writer.add_scalar(f"val/{k}", v, self.step)
+        self.history.append(record)
+        self.epoch += 1
+        self.batch, self.partial = 0, {}
+        self.schedule.epoch_end(val["loss"])
+
+        improved = val["loss"] < self.best["value"] - cfg.min_delta
+        if improved:
+            self.best, self.bad_epochs = {"value": val["loss"], "epoch": self.epoch}, 0
+        else:
+            self.bad_epochs += 1
+        state = self.state_dict()
+        save_checkpoint(state, self.save_dir / "last.pt")
+        if improved:
+            save_checkpoint(state, self.save_dir / "best.pt")
+        (self.save_dir / "history.json").write_text(json.dumps(self.history, indent=1))
+        terms = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if "/" in k)
+        self.log(f"epoch {self.epoch}/{cfg.epochs} step {self.step}  {terms}"
+                 f"{'  (best)' if improved else ''}")
+        if self.epoch_hook is not None:
+            self.epoch_hook(self)
+        self.writer.flush()
+        if cfg.early_stop_patience and self.bad_epochs >= cfg.early_stop_patience:
+            self.log(f"early stopping at epoch {self.epoch}: val/loss has not improved by more than "
+                     f"{cfg.min_delta:g} for {self.bad_epochs} epochs (patience "
+                     f"{cfg.early_stop_patience}); best {self.best['value']:.5g} at epoch "
+                     f"{self.best['epoch']}, weights in {self.save_dir / 'best.pt'}")
+            return True
+        return False
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module | None = None) -> dict[str, float]:
+        """Mean of each loss term over the validation loader, with fixed-seed randomness."""
+        model = model if model is not None else self.eval_model
+        was_training = model.training
+        model.eval()
+        generator = torch.Generator(self.device).manual_seed(self.cfg.seed + 7919)
+        sums: dict[str, float] = {}
+        count = 0
+        for images, labels in self.val_loader.epoch(0):
+            with autocast(self.device, self.cfg.precision):
+                terms = self.loss_fn(model, images, labels, generator=generator, step=None)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v.item() * images.shape[0]
+            count += images.shape[0]
+        model.train(was_training)
+        return {k: v / count for k, v in sums.items()}
+
+    # ------------------------------------------------------------ signals
+
+    def _install_signal_handlers(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def request_stop(signum, _frame):
+            self._signal = signum
+
+        return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def request_stop(self, signum: int = signal.SIGINT) -> None:
+        """Stop after the current step as if `signum` had arrived (what the handlers call)."""
+        self._signal = signum
+
+    def _stop_for_signal(self) -> None:
+        path = self.save_dir / "last.pt"
+        save_checkpoint(self.state_dict(), path)
+        name = signal.Signals(self._signal).name
+        self.log(f"{name}: stopped at epoch {self.epoch + 1}, batch {self.batch}, step {self.step}; "
+                 f"saved {path}. Resume with the same command plus --resume")
+        raise TrainingStopped(f"interrupted by {name}; resume with --resume", exit_code=130)

@@ -1,0 +1,119 @@
+"""Image grids and plots, written as PNG files (matplotlib's Agg backend; never a window).
+
+Images come in as float tensors in [-1, 1]; this module and `data` are the only converters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+
+def grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> torch.Tensor:
+    """(B, C, H, W) in [-1, 1] -> one (3, H', W') image in [0, 1]."""
+    images = (images.detach().float().cpu().clamp(-1, 1) + 1) / 2
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    return make_grid(images, nrow=nrow, padding=padding, pad_value=1.0)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
+    """Save (B, C, H, W) images in [-1, 1] as one PNG grid with `nrow` images per row."""
+    from torchvision.utils import save_image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid(images, nrow), path)
+    return path
+
+
+def save_labelled_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], path: str | Path,
+                       title: str = "") -> Path:
+    """Stack rows of images (each (N, C, H, W) in [-1, 1]) with a label left of each row."""
+    fig, axes = plt.subplots(len(rows), 1, figsize=(1.0 * max(r.shape[0] for r in rows), 1.15 * len(rows)),
+                             squeeze=False)
+    for ax, row, label in zip(axes[:, 0], rows, labels):
+        ax.imshow(grid(row, nrow=row.shape[0]).permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_yticks([])
+        ax.set_xticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_history(history: list[dict], path: str | Path, terms: Sequence[str] | None = None,
+                 title: str = "") -> Path:
+    """Loss curves from a trainer history: one panel per term, train and val against epoch.
+
+    A panel uses a log scale when its values are positive and span more than a factor of 10.
+    """
+    if not history:
+        raise ValueError("plot_history: the history is empty (train at least one epoch)")
+    keys = [k for k in history[-1] if "/" in k]
+    terms = list(terms) if terms else sorted({k.split("/", 1)[1] for k in keys},
+                                             key=lambda t: (t != "loss", t))
+    fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.2), squeeze=False)
+    epochs = [r["epoch"] for r in history]
+    for ax, term in zip(axes[0], terms):
+        values = []
+        for split, style in (("train", "-o"), ("val", "-s")):
+            ys = [r.get(f"{split}/{term}") for r in history]
+            if all(y is None for y in ys):
+                continue
+            ax.plot(epochs, ys, style, label=split, markersize=3)
+            values += [y for y in ys if y is not None]
+        if values and min(values) > 0 and max(values) / min(values) > 10:
+            ax.set_yscale("log")
+        ax.set_title(term)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_bars(names: Sequence[str], values: Sequence[float], path: str | Path, ylabel: str,
+              title: str = "") -> Path:
+    """A bar chart, e.g. KL per latent channel or loss per timestep bucket."""
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(names) + 2), 3.2))
+    ax.bar(range(len(values)), values)
+    ax.set_xticks(range(len(values)), names, rotation=45 if len(names) > 8 else 0, ha="right"
+                  if len(names) > 8 else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_lines(x, series: dict[str, Sequence[float]], path: str | Path, xlabel: str, ylabel: str,
+               title: str = "", logy: bool = False) -> Path:
+    """Several named curves over a shared x axis (e.g. ᾱ_t of two schedules)."""
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for name, ys in series.items():
+        ax.plot(x, ys, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
