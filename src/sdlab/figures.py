@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .visualize import plot_bars, save_grid, save_labelled_rows
+from .visualize import plot_bars, save_figure, save_grid, save_labelled_rows
 
 
 @torch.no_grad()
@@ -50,3 +50,67 @@ def vae_kl_per_channel(vae, images: torch.Tensor, path: str | Path) -> tuple[Pat
     names = [f"z{c}" for c in range(len(per_channel))]
     return plot_bars(names, per_channel, path, "KL (nats / image)",
                      title="KL per latent channel"), per_channel
+
+
+# ---------------------------------------------------------------- diffusion
+
+FORWARD_STEPS = (0, 50, 100, 250, 500, 750, 999)
+
+
+@torch.no_grad()
+def forward_process(schedule, images: torch.Tensor, path: str | Path, seed: int = 0) -> Path:
+    """Each row one image, noised by q(x_t | x_0) at t = 0, 50, ..., 999 (same eps per row)."""
+    g = torch.Generator().manual_seed(seed)
+    eps = torch.randn(images.shape, generator=g).to(images.device)
+    steps = [t for t in FORWARD_STEPS if t < schedule.num_timesteps]
+    cols = [schedule.q_sample(images, torch.full((images.shape[0],), t, device=images.device), eps)
+            for t in steps]
+    rows = [torch.stack([c[i] for c in cols]) for i in range(images.shape[0])]
+    return save_labelled_rows(rows, [""] * len(rows), path,
+                              title="forward process x_t at t = " + ", ".join(map(str, steps)))
+
+
+def reverse_process(trajectory, path: str | Path, columns: int = 8) -> Path:
+    """One sampling path: x_t (top) and the predicted x_0 (bottom) at evenly spaced steps."""
+    picks = torch.linspace(0, len(trajectory.timesteps) - 1, columns).round().long().tolist()
+    xt = torch.cat([trajectory.xt[i][:1] for i in picks])
+    x0 = torch.cat([trajectory.x0[i][:1] for i in picks])
+    steps = ", ".join(str(trajectory.timesteps[i]) for i in picks)
+    return save_labelled_rows([xt, x0], ["x_t", "pred x0"], path,
+                              title=f"reverse process at t = {steps}")
+
+
+def schedules(path: str | Path, num_timesteps: int = 1000) -> Path:
+    """ᾱ_t and log-SNR of the linear and cosine schedules."""
+    import matplotlib.pyplot as plt
+
+    from .diffusion.schedule import NoiseSchedule
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for kind in ("linear", "cosine"):
+        s = NoiseSchedule.create(kind, num_timesteps)
+        t = torch.arange(num_timesteps)
+        axes[0].plot(t, s.alpha_bar, label=kind)
+        axes[1].plot(t, torch.log(s.snr(t)), label=kind)
+    for ax, title in zip(axes, ("alpha_bar_t", "log SNR_t = log(alpha_bar / (1 - alpha_bar))")):
+        ax.set_title(title)
+        ax.set_xlabel("t")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return save_figure(fig, path)
+
+
+@torch.no_grad()
+def loss_by_timestep(model, schedule, cfg, images: torch.Tensor, path: str | Path,
+                     buckets: int = 10, labels: torch.Tensor | None = None) -> tuple[Path, list[float]]:
+    """Validation L_simple in `buckets` equal ranges of t (fixed noise and timesteps)."""
+    from .diffusion.objective import diffusion_loss
+
+    T = schedule.num_timesteps
+    g = torch.Generator(images.device).manual_seed(0)
+    values, names = [], []
+    for k in range(buckets):
+        lo, hi = k * T // buckets, (k + 1) * T // buckets
+        t = torch.randint(lo, hi, (images.shape[0],), generator=g, device=images.device)
+        values.append(diffusion_loss(model, schedule, images, cfg, labels, g, t=t)["mse"].item())
+        names.append(f"{lo}-{hi - 1}")
+    return plot_bars(names, values, path, "L_simple (MSE)", title="validation loss by timestep"), values

@@ -295,18 +295,24 @@ class Trainer:
                 continue
             self._optimizer_step()
             if self.step % cfg.log_every == 0:
-                for k, v in window.items():
-                    if k != "_count":
-                        self.writer.add_scalar(f"train/{k}", v / window["_count"], self.step)
-                self.writer.add_scalar("lr", self.optimizer.param_groups[0]["lr"], self.step)
-                window = {}
+                window = self._log_window(window)
             if self._signal is not None:
                 bar.close()
                 self._stop_for_signal()
             if self._out_of_steps():
                 break
         bar.close()
+        self._log_window(window)
         return self._end_epoch()
+
+    def _log_window(self, window: dict) -> dict:
+        """Write the mean of each train term since the last write; returns an empty window."""
+        if window:
+            for k, v in window.items():
+                if k != "_count":
+                    self.writer.add_scalar(f"train/{k}", v / window["_count"], self.step)
+            self.writer.add_scalar("lr", self.optimizer.param_groups[0]["lr"], self.step)
+        return {}
 
     def _optimizer_step(self) -> None:
         cfg = self.cfg

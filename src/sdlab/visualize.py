@@ -46,7 +46,7 @@ def save_labelled_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], path
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_history(history: list[dict], path: str | Path, terms: Sequence[str] | None = None,
@@ -78,7 +78,7 @@ def plot_history(history: list[dict], path: str | Path, terms: Sequence[str] | N
         ax.legend()
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_bars(names: Sequence[str], values: Sequence[float], path: str | Path, ylabel: str,
@@ -91,26 +91,10 @@ def plot_bars(names: Sequence[str], values: Sequence[float], path: str | Path, y
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def plot_lines(x, series: dict[str, Sequence[float]], path: str | Path, xlabel: str, ylabel: str,
-               title: str = "", logy: bool = False) -> Path:
-    """Several named curves over a shared x axis (e.g. ᾱ_t of two schedules)."""
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for name, ys in series.items():
-        ax.plot(x, ys, label=name)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if logy:
-        ax.set_yscale("log")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, path)
-
-
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

@@ -39,12 +39,16 @@ def _parse_tuple(kind: type):
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str,
-                     aliases: dict[str, list[str]] | None = None) -> None:
-    """Add one flag per field of dataclass `cls` (default SUPPRESS: only typed flags appear)."""
+                     aliases: dict[str, list[str]] | None = None, skip: tuple[str, ...] = ()) -> None:
+    """Add one flag per field of dataclass `cls` (default SUPPRESS: only typed flags appear).
+
+    Fields in `skip` get no flag (the entry point sets them, e.g. from the data)."""
     aliases = aliases or {}
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         kind = hints[f.name]
         meta = dict(f.metadata)
         kwargs = {"dest": f.name, "default": argparse.SUPPRESS,

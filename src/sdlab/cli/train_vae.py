@@ -34,7 +34,7 @@ VAE_ALIASES = {
 }
 
 # Defaults chosen for reconstruction quality per minute of training (BENCHMARKS.md).
-CPU_DEFAULTS = {"base_channels": 64, "epochs": 30, "lr": 1e-3, "scheduler": "cosine",
+CPU_DEFAULTS = {"base_channels": 32, "epochs": 30, "lr": 1e-3, "scheduler": "cosine",
                 "warmup_steps": 200, "save_dir": "outputs/vae"}
 CUDA_DEFAULTS = {"base_channels": 128, "num_res_blocks": 2, "epochs": 100, "lr": 5e-4,
                  "scheduler": "cosine", "warmup_steps": 500, "save_dir": "outputs/vae"}

@@ -1,0 +1,84 @@
+"""`sdlab-eval-diffusion CHECKPOINT`: the DDPM negative log-likelihood bound in bits/dim.
+
+bpd = L_T + sum_{t} L_{t-1} + L_0 (DDPM eq. (5)) on the first --num-images test images, with
+the discretized Gaussian decoder for L_0 and p(x_{t-1} | x_t) of variance beta_tilde_t. With
+--timesteps K < T - 1 the sum of the KL terms over t = 1..T-1 is a stratified estimate: one t
+drawn in each of K equal strata, shared by all images, mean times (T - 1); L_0 and L_T stay exact. Ho et al. report <= 3.70-3.75 bpd on
+CIFAR-10 after 800k steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from ..data import BatchLoader, DataConfig, DATASETS, load_splits
+from ..diffusion import nll_bits_per_dim
+from ..trainer import DEVICES, pick_device
+from .flags import Parser
+from .sample import load_diffusion
+from .session import user_errors
+
+
+def stratified_timesteps(num_timesteps: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """One timestep drawn uniformly in each of k equal strata of [1, T) (L_0 is always exact)."""
+    edges = torch.linspace(1, num_timesteps, k + 1)
+    picks = edges[:-1] + torch.rand(k, generator=generator) * (edges[1:] - edges[:-1])
+    return picks.floor().long().clamp(1, num_timesteps - 1)
+
+
+@user_errors
+def main(argv=None) -> None:
+    parser = Parser(prog="sdlab-eval-diffusion", description="Bits/dim of a diffusion checkpoint.")
+    parser.add_argument("checkpoint")
+    parser.add_argument("--dataset", choices=DATASETS, default=None, help="default: the training dataset")
+    parser.add_argument("--data-dir", default=None, help="default: the training data dir")
+    parser.add_argument("--num-images", type=int, default=64)
+    parser.add_argument("--timesteps", type=int, default=0, help="stratified KL terms (0: all T - 1)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--out", default=None, help="JSON (default: eval_diffusion.json beside the checkpoint)")
+    args = parser.parse_args(argv)
+    device = pick_device(args.device)
+    model, schedule, config = load_diffusion(args.checkpoint, device)
+    stored = dict(config["data"])
+    stored.update({k: v for k, v in (("dataset", args.dataset), ("data_dir", args.data_dir)) if v})
+    data_cfg = DataConfig(**stored)
+    test = BatchLoader(load_splits(data_cfg, seed=config["train"]["seed"]).test, args.batch_size,
+                       shuffle=False, hflip=False, drop_last=False, device=device)
+    T = schedule.num_timesteps
+    g = torch.Generator().manual_seed(args.seed)
+    k = args.timesteps if 0 < args.timesteps < T - 1 else T - 1
+    timesteps = stratified_timesteps(T, k, g) if k < T - 1 else torch.arange(1, T)
+    noise = torch.Generator(device).manual_seed(args.seed)
+    parts = {"total": [], "prior": [], "decoder": []}
+    n = 0
+    for x, _ in test.epoch(0):
+        x = x[: args.num_images - n]
+        result = nll_bits_per_dim(model, schedule, x, config["diffusion"]["prediction"], timesteps,
+                                  generator=noise)
+        for key in parts:
+            parts[key].append(result[key].cpu())
+        n += x.shape[0]
+        print(f"  {n}/{args.num_images} images: running bpd {torch.cat(parts['total']).mean():.4f}")
+        if n >= args.num_images:
+            break
+    total = torch.cat(parts["total"])
+    summary = {"bpd": total.mean().item(),
+               "bpd_stderr": (total.std() / math.sqrt(len(total))).item() if len(total) > 1 else 0.0,
+               "prior_bpd": torch.cat(parts["prior"]).mean().item(),
+               "images": n, "timesteps": k, "num_timesteps": T, "dataset": data_cfg.dataset,
+               "checkpoint": str(args.checkpoint)}
+    print(f"bits/dim {summary['bpd']:.4f} ± {summary['bpd_stderr']:.4f} over {n} test images, "
+          f"L_0, L_T and {k} of {T - 1} KL terms{' (stratified)' if k < T - 1 else ''}; prior term {summary['prior_bpd']:.2e}")
+    out = Path(args.out or Path(args.checkpoint).with_name("eval_diffusion.json"))
+    out.write_text(json.dumps(summary, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""`sdlab-eval-vae CHECKPOINT`: test-split reconstruction quality and the ELBO in bits/dim.
+
+Reports, over the test images:
+    mse, psnr        reconstruction from the posterior mean (images in [-1, 1]; PSNR peak-to-peak 2)
+    kl_bits          KL(q(z|x) || N(0, I)) per image, in bits
+    nelbo_bpd        negative ELBO in bits/dim: (-log p(x|z) + KL) / (D ln 2), z ~ q(z|x) (one
+                     seeded sample per image), p(x|z) a discretized Gaussian (DDPM eq. (13)) with
+                     mean x_hat and one scalar sigma fitted (maximum likelihood, sigma^2 = MSE)
+                     on up to 2,000 training images, so no test data sets it
+    latent_mean/std  of the posterior means, and the scale factor 1/std latent diffusion uses
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..data import BatchLoader, DataConfig, DATASETS, load_splits
+from ..likelihood import bits_per_dim, discretized_gaussian_log_likelihood
+from ..trainer import DEVICES, pick_device
+from ..vae import VAE, VAEConfig, psnr
+from .flags import Parser
+from .session import user_errors
+
+
+def load_vae(path: str, device: torch.device) -> tuple[VAE, dict]:
+    """(VAE with EMA weights if present, stored config) from a VAE checkpoint."""
+    state = load_checkpoint(path, device)
+    config = state.get("config", {})
+    if config.get("kind") != "vae":
+        raise CheckpointError(f"{path} is not a VAE checkpoint (kind {config.get('kind')!r}); "
+                              "train one with train_vae.py")
+    vae = VAE(VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["vae"].items()}))
+    vae.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    return vae.to(device).eval(), config
+
+
+@torch.no_grad()
+def fit_sigma(vae: VAE, loader: BatchLoader, limit: int, generator: torch.Generator) -> float:
+    """Maximum-likelihood sigma of a Gaussian decoder: sqrt(mean squared error), z ~ q(z|x)."""
+    total, count = 0.0, 0
+    for x, _ in loader.epoch(0):
+        x_hat = vae.decode(vae.encode(x).sample(generator))
+        total += (x_hat - x).pow(2).sum().item()
+        count += x.numel()
+        if count >= limit * x[0].numel():
+            break
+    return math.sqrt(total / count)
+
+
+@torch.no_grad()
+def evaluate_vae(vae: VAE, test: BatchLoader, sigma: float, generator: torch.Generator,
+                 limit: int | None = None) -> dict:
+    sums = {"mse": 0.0, "psnr": 0.0, "kl_bits": 0.0, "nelbo_bpd": 0.0}
+    means, n = [], 0
+    for x, _ in test.epoch(0):
+        q = vae.encode(x)
+        x_mode = vae.decode(q.mode())
+        x_hat = vae.decode(q.sample(generator))
+        log_scale = torch.full_like(x_hat, math.log(sigma))
+        nll = -discretized_gaussian_log_likelihood(x, x_hat, log_scale).flatten(1).sum(1)
+        kl = q.kl()
+        sums["mse"] += (x_mode - x).pow(2).flatten(1).mean(1).sum().item()
+        sums["psnr"] += psnr(x_mode, x).sum().item()
+        sums["kl_bits"] += (kl / math.log(2)).sum().item()
+        sums["nelbo_bpd"] += bits_per_dim(nll + kl, x[0].numel()).sum().item()
+        means.append(q.mean.float().cpu())
+        n += x.shape[0]
+        if limit and n >= limit:
+            break
+    latents = torch.cat(means)
+    result = {k: v / n for k, v in sums.items()}
+    result.update(images=n, sigma=sigma, latent_mean=latents.mean().item(),
+                  latent_std=latents.std().item(), scale_factor=1.0 / latents.std().item())
+    return result
+
+
+@user_errors
+def main(argv=None) -> None:
+    parser = Parser(prog="sdlab-eval-vae", description="Evaluate a VAE checkpoint on the test split.")
+    parser.add_argument("checkpoint")
+    parser.add_argument("--dataset", choices=DATASETS, default=None, help="default: the training dataset")
+    parser.add_argument("--data-dir", default=None, help="default: the training data dir")
+    parser.add_argument("--num-images", type=int, default=0, help="test images to use (0: all)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--out", default=None, help="JSON file (default: eval_vae.json beside the checkpoint)")
+    args = parser.parse_args(argv)
+    device = pick_device(args.device)
+    vae, config = load_vae(args.checkpoint, device)
+    stored = dict(config["data"])
+    stored.update({k: v for k, v in (("dataset", args.dataset), ("data_dir", args.data_dir)) if v})
+    data_cfg = DataConfig(**{**stored, "batch_size": args.batch_size})
+    splits = load_splits(data_cfg, seed=config["train"]["seed"])
+    train = BatchLoader(splits.train, args.batch_size, shuffle=True, hflip=False, drop_last=False,
+                        seed=args.seed, device=device)
+    test = BatchLoader(splits.test, args.batch_size, shuffle=False, hflip=False, drop_last=False,
+                       device=device)
+    g = torch.Generator(device).manual_seed(args.seed)
+    sigma = fit_sigma(vae, train, 2000, g)
+    result = evaluate_vae(vae, test, sigma, g, args.num_images or None)
+    result.update(checkpoint=str(args.checkpoint), dataset=data_cfg.dataset)
+    print(f"{'metric':<14} value   ({result['images']} test images, {data_cfg.dataset})")
+    for key in ("mse", "psnr", "kl_bits", "nelbo_bpd", "sigma", "latent_mean", "latent_std", "scale_factor"):
+        print(f"{key:<14} {result[key]:.4f}")
+    out = Path(args.out or Path(args.checkpoint).with_name("eval_vae.json"))
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+import math
+import signal
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from sdlab.checkpoint import load_checkpoint, save_checkpoint
+from sdlab.data import BatchLoader, make_synthetic
+from sdlab.trainer import LRSchedule, TrainConfig, Trainer, TrainingStopped
+
+from conftest import ROOT, run_script, scalar_tags
+
+
+class Toy(nn.Module):
+    """A tiny denoiser with dropout, so resuming must restore the RNG to match."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.SiLU(), nn.Dropout(0.2),
+                                 nn.Conv2d(4, 3, 3, padding=1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def toy_loss(model, images, labels, generator=None, step=None):
+    noise = torch.randn(images.shape, generator=generator)
+    mse = (model(images + 0.3 * noise) - images).pow(2).mean()
+    return {"loss": mse, "mse": mse.detach()}
+
+
+def make_trainer(tmp_path, loss_fn=toy_loss, hook=None, **overrides):
+    torch.manual_seed(0)
+    data = make_synthetic(48, 8)
+    val = make_synthetic(16, 8, seed=1)
+    cfg = TrainConfig(**{"epochs": 4, "lr": 1e-2, "save_dir": str(tmp_path / "out"),
+                         "log_every": 1, "device": "cpu", **overrides})
+    train_loader = BatchLoader(data, 16, shuffle=True, hflip=True, drop_last=True, seed=cfg.seed)
+    val_loader = BatchLoader(val, 16, shuffle=False, hflip=False, drop_last=False)
+    return Trainer(Toy(), loss_fn, train_loader, val_loader, cfg, run_config={"toy": True},
+                   device=torch.device("cpu"), epoch_hook=hook)
+
+
+def test_fit_writes_checkpoints_history_and_logs(tmp_path):
+    trainer = make_trainer(tmp_path, epochs=2)
+    history = trainer.fit()
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert {"train/loss", "train/mse", "val/loss", "val/mse", "lr"} <= set(history[-1])
+    out = tmp_path / "out"
+    for name in ("last.pt", "best.pt", "history.json", "logs/train.log"):
+        assert (out / name).exists(), name
+    state = load_checkpoint(out / "last.pt")
+    assert state["epoch"] == 2 and state["step"] == 6 and state["config"] == {"toy": True}
+    assert {"model", "ema", "optimizer", "lr_schedule", "scaler", "rng", "history", "best",
+            "bad_epochs"} <= set(state)
+    tags = scalar_tags(out / "logs")
+    assert {"train/loss", "train/mse", "val/loss", "val/mse", "lr"} <= tags
+
+
+def scripted_val_loss(values):
+    """Validation returns values[k] on the k-th validation pass; training is the toy loss."""
+    calls = {"n": 0}
+
+    def loss_fn(model, images, labels, generator=None, step=None):
+        if generator is None:
+            return toy_loss(model, images, labels)
+        value = torch.tensor(values[calls["n"]])
+        calls["n"] += 1
+        return {"loss": value}
+
+    return loss_fn
+
+
+def test_early_stopping_fires_after_exactly_patience_bad_epochs(tmp_path):
+    # best at epoch 2; epochs 3, 4, 5 do not improve by more than min_delta=0.05
+    values = [5.0, 4.0, 4.5, 3.97, 4.2, 1.0, 1.0]
+    snapshots = []
+    hook = lambda t: snapshots.append({k: v.clone() for k, v in t.model.state_dict().items()})
+    trainer = make_trainer(tmp_path, scripted_val_loss(values), hook, epochs=7,
+                           early_stop_patience=3, min_delta=0.05)
+    history = trainer.fit()
+    assert len(history) == 5
+    assert trainer.best == {"value": 4.0, "epoch": 2}
+    best = load_checkpoint(tmp_path / "out" / "best.pt")
+    assert best["epoch"] == 2
+    for k, v in best["model"].items():
+        assert torch.equal(v, snapshots[1][k])
+    assert not torch.equal(best["model"]["net.0.weight"], snapshots[-1]["net.0.weight"])
+    log = (tmp_path / "out" / "logs" / "train.log").read_text()
+    assert "early stopping at epoch 5" in log and "patience 3" in log
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
+    settings = dict(epochs=4, ema_decay=0.9, scheduler="cosine", warmup_steps=2, grad_accum=2)
+    full = make_trainer(tmp_path / "full", **settings)
+    full.fit()
+
+    def stop_after_epoch_2(trainer):
+        if trainer.epoch == 2:
+            trainer.request_stop(signal.SIGINT)
+
+    first = make_trainer(tmp_path / "cut", hook=stop_after_epoch_2, **settings)
+    with pytest.raises(TrainingStopped) as stopped:
+        first.fit()
+    assert stopped.value.exit_code == 130
+    saved = load_checkpoint(tmp_path / "cut" / "out" / "last.pt")
+    assert (saved["epoch"], saved["batch"]) == (2, 2)   # stopped after one step into epoch 3
+    torch.manual_seed(123)  # resuming must not depend on the global RNG at start-up
+    resumed = make_trainer(tmp_path / "cut", resume="last", **settings)
+    resumed.fit()
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    for a, b in zip(full.ema.model.parameters(), resumed.ema.model.parameters()):
+        assert torch.equal(a, b)
+    assert [r["val/loss"] for r in full.history] == [r["val/loss"] for r in resumed.history]
+
+
+def test_atomic_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"w": torch.ones(3), "epoch": 1}, path)
+
+    def crash_mid_write(obj, f):
+        f.write(b"partial bytes of a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash_mid_write)
+    with pytest.raises(OSError):
+        save_checkpoint({"w": torch.zeros(3), "epoch": 2}, path)
+    monkeypatch.undo()
+    state = load_checkpoint(path)
+    assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    def nan_at_step_5(model, images, labels, generator=None, step=None):
+        terms = toy_loss(model, images, labels, generator)
+        if step == 5:
+            terms["mse"] = terms["mse"] * float("nan")
+        return terms
+
+    trainer = make_trainer(tmp_path, nan_at_step_5, epochs=3)
+    with pytest.raises(TrainingStopped) as stopped:
+        trainer.fit()
+    message = str(stopped.value)
+    assert "non-finite loss at step 6" in message and "'mse'" in message
+    assert "epoch 1" in message
+    kept = load_checkpoint(tmp_path / "out" / "last.pt")
+    assert kept["epoch"] == 1 and kept["step"] == 3
+
+
+def test_lr_schedule_warmup_cosine_step_and_plateau():
+    cosine = LRSchedule(TrainConfig(scheduler="cosine", warmup_steps=10), steps_per_epoch=10,
+                        total_steps=110)
+    assert cosine.factor(0) == pytest.approx(0.1)
+    assert cosine.factor(9) == pytest.approx(1.0)
+    assert cosine.factor(60) == pytest.approx(0.5)
+    assert cosine.factor(110) == pytest.approx(0.0, abs=1e-12)
+    step = LRSchedule(TrainConfig(scheduler="step", step_size=2, gamma=0.1), 10, 100)
+    assert [step.factor(s) for s in (0, 19, 20, 40)] == pytest.approx([1, 1, 0.1, 0.01])
+    plateau = LRSchedule(TrainConfig(scheduler="plateau", step_size=2, gamma=0.5), 10, 100)
+    for loss in (1.0, 1.0, 1.0):
+        plateau.epoch_end(loss)
+    assert plateau.factor(0) == pytest.approx(0.5)
+
+
+def test_sigint_in_a_subprocess_leaves_a_resumable_last_pt(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    args = [ROOT / "diffusers" / "train_vae.py", "--dataset", "synthetic", "--synthetic-size", "1024",
+            "--batch", "8", "--epochs", "40", "--base-channels", "8", "--precision", "fp32",
+            "--save-dir", out, "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (out / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "resume" in output.lower() and "Traceback" not in output
+    state = load_checkpoint(out / "last.pt")
+    assert state["epoch"] >= 1
+    resumed = run_script([*args[:9], "--epochs", str(state["epoch"] + 1), *args[11:], "--resume"],
+                         cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(out / "last.pt")["epoch"] == state["epoch"] + 1
+
+
+def test_bad_flag_values_fail_at_parse_time_with_one_line(tmp_path):
+    script = ROOT / "diffusers" / "train_vae.py"
+    cases = {
+        ("--early-stop-patience", "-1"): "--early-stop-patience: must be >= 0",
+        ("--scheduler", "linear"): "choose from",
+        ("--precision", "fp16", "--device", "cpu"): "--precision fp16 needs CUDA",
+        ("--imgsz", "30", "--dataset", "synthetic"): "--image-size",
+    }
+    for flags, expected in cases.items():
+        result = run_script([script, *flags, "--save-dir", tmp_path / "x", "--epochs", "1"], cwd=tmp_path)
+        assert result.returncode == 2, flags
+        lines = [l for l in result.stderr.strip().splitlines() if l]
+        assert len(lines) == 1 and expected in lines[0], (flags, result.stderr)
+
+
+def test_config_file_sets_defaults_that_flags_override(tmp_path):
+    import json
+
+    from sdlab.cli.train_vae import parse
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"train": {"lr": 0.005, "epochs": 7}, "kl_weight": 0.5}))
+    configs, _ = parse(["--config", str(cfg), "--epochs", "3", "--device", "cpu"])
+    assert configs["train"].lr == 0.005 and configs["train"].epochs == 3
+    assert configs["loss"].kl_weight == 0.5
+    assert math.isclose(parse(["--lr", "0.1", "--device", "cpu"])[0]["train"].lr, 0.1)
