@@ -277,7 +277,9 @@ class Trainer:
         bar = tqdm(total=n_batches, initial=self.batch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                    leave=False, dynamic_ncols=True)
         window: dict[str, float] = {}
+        start, seen = time.perf_counter(), 0
         for images, labels in self.train_loader.epoch(self.epoch, self.batch):
+            seen += images.shape[0]
             with autocast(self.device, cfg.precision):
                 terms = self.loss_fn(model, images, labels, generator=None, step=self.step)
             self._check_finite(terms)
@@ -303,7 +305,7 @@ class Trainer:
                 break
         bar.close()
         self._log_window(window)
-        return self._end_epoch()
+        return self._end_epoch(seen / (time.perf_counter() - start))
 
     def _log_window(self, window: dict) -> dict:
         """Write the mean of each train term since the last write; returns an empty window."""
@@ -340,7 +342,7 @@ class Trainer:
                     f"'{name}' = {value.detach().float().mean().item()}; stopped. {kept_msg}. "
                     "Try a lower --lr, --grad-clip 1, or --precision fp32.", exit_code=1)
 
-    def _end_epoch(self) -> bool:
+    def _end_epoch(self, images_per_second: float) -> bool:
         cfg = self.cfg
         count = self.partial.pop("_count", 1.0)
         record = {"epoch": self.epoch + 1, "step": self.step,
@@ -367,7 +369,7 @@ class Trainer:
         (self.save_dir / "history.json").write_text(json.dumps(self.history, indent=1))
         terms = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if "/" in k)
         self.log(f"epoch {self.epoch}/{cfg.epochs} step {self.step}  {terms}"
-                 f"{'  (best)' if improved else ''}")
+                 f"  {images_per_second:.0f} img/s{'  (best)' if improved else ''}")
         if self.epoch_hook is not None:
             self.epoch_hook(self)
         self.writer.flush()
