@@ -8,7 +8,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 epochs=${1:-8}; shift || true
 data=${CIFAR_DIR:-$(mktemp -d)}
 [ -d "$data/train" ] || unzip -q "$here/../shared/data/cifar10-jpeg.zip" -d "$data"
-out=${OUT_DIR:-$(mktemp -d)}
+out=${OUT_DIR:-$(mktemp -d)}; mkdir -p "$out"
 python=${PYTHON:-python}
 start=$(date +%s)
 "$python" "$here/diffusers/train_vae.py" --dataset folder --data-dir "$data" --epochs "$epochs" \
