@@ -3,7 +3,9 @@
 Both networks are built from one preset (channels, multipliers, blocks per level, attention
 levels, dropout) and trained in the same process on the same random batch: forward, MSE loss,
 backward, AdamW step. Reports the median images/s over timed steps after warm-up, in fp32 and
-in bf16 autocast.
+in bf16 autocast. sdlab runs in the memory format its trainer uses (`trainer.memory_format`:
+channels-last for fp32); diffusers runs as it comes (contiguous), and in fp32 also channels-last,
+so the comparison is shown both ways.
 
     pip install -e ".[bench]"
     python bench/unet_vs_diffusers.py --preset cpu --steps 6
@@ -18,7 +20,7 @@ import time
 
 import torch
 
-from sdlab.trainer import autocast
+from sdlab.trainer import autocast, memory_format
 from sdlab.unet import PRESETS, UNet, UNetConfig
 
 
@@ -39,10 +41,12 @@ def hf_unet(cfg: UNetConfig):
     )
 
 
-def throughput(model, forward, precision: str, batch: int, size: int, steps: int, warmup: int) -> float:
+def throughput(model, forward, precision: str, batch: int, size: int, steps: int, warmup: int,
+               fmt: torch.memory_format = torch.contiguous_format) -> float:
     device = torch.device("cpu")
     torch.manual_seed(0)
-    x = torch.randn(batch, 3, size, size)
+    model.to(memory_format=fmt)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
     t = torch.randint(0, 1000, (batch,))
     target = torch.randn_like(x)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -74,12 +78,16 @@ def main():
     count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6
     print(f"preset {args.preset}: sdlab {count(ours):.2f}M params, diffusers {count(theirs):.2f}M params; "
           f"batch {args.batch}, 32x32, {args.threads} threads, torch {torch.__version__}")
+    run = lambda m, fwd, precision, fmt: throughput(m, fwd, precision, args.batch, cfg.image_size,
+                                                    args.steps, args.warmup, fmt)
     for precision in ("fp32", "bf16"):
-        a = throughput(ours, lambda m, x, t: m(x, t), precision, args.batch, cfg.image_size,
-                       args.steps, args.warmup)
-        b = throughput(theirs, lambda m, x, t: m(x, t).sample, precision, args.batch, cfg.image_size,
-                       args.steps, args.warmup)
-        print(f"{precision}: sdlab {a:.1f} img/s, diffusers {b:.1f} img/s, ratio {a / b:.2f}x", flush=True)
+        a = run(ours, lambda m, x, t: m(x, t), precision, memory_format(precision))
+        b = run(theirs, lambda m, x, t: m(x, t).sample, precision, torch.contiguous_format)
+        line = f"{precision}: sdlab {a:.1f} img/s, diffusers {b:.1f} img/s, ratio {a / b:.2f}x"
+        if precision == "fp32":
+            c = run(theirs, lambda m, x, t: m(x, t).sample, precision, torch.channels_last)
+            line += f"; diffusers channels-last {c:.1f} img/s, ratio {a / c:.2f}x"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,9 @@ class DataConfig:
 
 @dataclass
 class ImageSet:
-    """A decoded split: images (N, C, H, W) uint8, labels (N,) int64, class names."""
+    """A decoded split: images (N, C, H, W) uint8, labels (N,) int64, class names.
+
+    Latent diffusion reuses it for VAE latents: then `images` are float, already scaled."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -303,14 +305,15 @@ class BatchLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (images (B, C, H, W) float in [-1, 1], labels (B,) int64) for one epoch."""
+        """Yield (images (B, C, H, W) float in [-1, 1] (float sets as stored), labels (B,) int64)."""
         n = self.images.shape[0]
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         flips = torch.rand(n, generator=g) < 0.5
         for b in range(start_batch, len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            x = to_unit_range(self.images[idx.to(self.images.device)].to(self.device, non_blocking=True))
+            x = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
+            x = to_unit_range(x) if x.dtype == torch.uint8 else x
             if self.hflip:
                 flip = flips[b * self.batch_size:(b + 1) * self.batch_size].to(self.device)
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)

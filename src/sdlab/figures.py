@@ -70,14 +70,59 @@ def forward_process(schedule, images: torch.Tensor, path: str | Path, seed: int 
                               title="forward process x_t at t = " + ", ".join(map(str, steps)))
 
 
-def reverse_process(trajectory, path: str | Path, columns: int = 8) -> Path:
-    """One sampling path: x_t (top) and the predicted x_0 (bottom) at evenly spaced steps."""
+def reverse_process(trajectory, path: str | Path, columns: int = 8, decode=None) -> Path:
+    """One sampling path: x_t (top) and the predicted x_0 (bottom) at evenly spaced steps.
+
+    For latent models pass `decode` (latents -> images): both rows are then decoded."""
     picks = torch.linspace(0, len(trajectory.timesteps) - 1, columns).round().long().tolist()
     xt = torch.cat([trajectory.xt[i][:1] for i in picks])
     x0 = torch.cat([trajectory.x0[i][:1] for i in picks])
+    if decode is not None:
+        xt, x0 = decode(xt).cpu(), decode(x0).cpu()
     steps = ", ".join(str(trajectory.timesteps[i]) for i in picks)
     return save_labelled_rows([xt, x0], ["x_t", "pred x0"], path,
                               title=f"reverse process at t = {steps}")
+
+
+def latent_pipeline(trajectory, decode, path: str | Path, columns: int = 8) -> Path:
+    """Stable Diffusion's inference path for one sample: the noise latent and the denoising
+    steps (first three latent channels shown as RGB), the decoded prediction at each step,
+    and the final decoded image."""
+    picks = torch.linspace(0, len(trajectory.timesteps) - 1, columns).round().long().tolist()
+    latents = torch.cat([trajectory.xt[i][:1] for i in picks])              # (columns, C, h, w)
+    shown = latents[:, :3]
+    shown = shown / shown.abs().amax((1, 2, 3), keepdim=True).clamp_min(1e-6)
+    size = trajectory.x0[0].shape[-1] * 4
+    shown = torch.nn.functional.interpolate(shown, scale_factor=4, mode="nearest")[..., :size, :size]
+    decoded = decode(torch.cat([trajectory.x0[i][:1] for i in picks])).cpu()
+    steps = ", ".join(str(trajectory.timesteps[i]) for i in picks)
+    return save_labelled_rows([shown, decoded], ["latent z_t", "decoded x0"], path,
+                              title=f"noise latent -> denoising (t = {steps}) -> VAE decoder")
+
+
+def class_grid(pipe, path: str | Path, guidance_scale: float, per_class: int = 8, seed: int = 0,
+               **sampler_kwargs) -> Path:
+    """One row per class, all rows from the same seeds, at guidance scale w."""
+    n = len(pipe.classes)
+    labels = torch.arange(n, device=pipe.device).repeat_interleave(per_class)
+    g = torch.Generator(pipe.device).manual_seed(seed)
+    images = pipe(n * per_class, labels=labels, guidance_scale=guidance_scale, generator=g,
+                  **sampler_kwargs).cpu()
+    return save_labelled_rows(list(images.split(per_class)), list(pipe.classes), path,
+                              title=f"one row per class, guidance w = {guidance_scale:g}")
+
+
+def guidance_sweep(pipe, path: str | Path, scales=(0, 1, 2, 4, 7), per_row: int = 10, seed: int = 0,
+                   **sampler_kwargs) -> Path:
+    """The same seeds and classes (one per column) at w = 0, 1, 2, 4, 7 (one row each)."""
+    labels = torch.arange(per_row, device=pipe.device) % len(pipe.classes)
+    rows = []
+    for w in scales:
+        g = torch.Generator(pipe.device).manual_seed(seed)
+        rows.append(pipe(per_row, labels=labels, guidance_scale=w, generator=g, **sampler_kwargs).cpu())
+    names = [pipe.classes[i] for i in labels.tolist()]
+    return save_labelled_rows(rows, [f"w = {w:g}" for w in scales], path,
+                              title="guidance sweep, columns: " + ", ".join(names))
 
 
 def schedules(path: str | Path, num_timesteps: int = 1000) -> Path:

@@ -46,6 +46,7 @@ LossFn = Callable[..., dict]
 class TrainConfig:
     epochs: int = option(10, "passes over the training set")
     max_steps: int = option(0, "stop after this many optimizer steps (0: no limit)")
+    max_minutes: float = option(0.0, "stop after this many minutes of wall time in fit (0: no limit)")
     lr: float = option(2e-4, "peak learning rate")
     optimizer: str = option("adamw", "optimizer", choices=OPTIMIZERS)
     beta1: float = option(0.9, "Adam beta1")
@@ -74,8 +75,8 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("epochs", "grad_accum", "log_every", "step_size"):
             require(getattr(self, name) >= 1, name, f"must be >= 1 (got {getattr(self, name)})")
-        for name in ("max_steps", "early_stop_patience", "warmup_steps", "grad_clip", "min_delta",
-                     "weight_decay"):
+        for name in ("max_steps", "max_minutes", "early_stop_patience", "warmup_steps", "grad_clip",
+                     "min_delta", "weight_decay"):
             require(getattr(self, name) >= 0, name, f"must be >= 0 (got {getattr(self, name)})")
         require(self.lr > 0, "lr", f"must be > 0 (got {self.lr})")
         require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1) (got {self.ema_decay})")
@@ -107,6 +108,15 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is visible; use --device cpu or auto")
     return torch.device(name)
+
+
+def memory_format(precision: str) -> torch.memory_format:
+    """Channels-last (NHWC) for fp32, contiguous (NCHW) for bf16/fp16.
+
+    On the 2-core AVX-512/AMX CPU, NHWC made fp32 U-Net training steps about 20% faster and bf16
+    steps about 9% slower (bench/unet_vs_diffusers.py); cuDNN's fp16/bf16 kernels are fine either way.
+    """
+    return torch.channels_last if precision == "fp32" else torch.contiguous_format
 
 
 def autocast(device: torch.device, precision: str):
@@ -170,6 +180,8 @@ class Trainer:
                  cfg: TrainConfig, *, run_config: dict, device: torch.device,
                  epoch_hook: Callable[["Trainer"], None] | None = None):
         self.model, self.loss_fn, self.train_loader, self.val_loader = model, loss_fn, train, val
+        self.memory_format = memory_format(cfg.precision)
+        model.to(memory_format=self.memory_format)
         self.cfg, self.run_config, self.device, self.epoch_hook = cfg, run_config, device, epoch_hook
         self.save_dir = Path(cfg.save_dir)
         opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -190,6 +202,7 @@ class Trainer:
         self.partial: dict[str, float] = {}   # running sums of this epoch's train terms
         self.writer = None
         self._signal: int | None = None
+        self._deadline = math.inf
 
     @property
     def eval_model(self) -> nn.Module:
@@ -255,6 +268,7 @@ class Trainer:
             self.load_state_dict(load_checkpoint(self.resume_path(), self.device))
             self.log(f"resumed from {self.resume_path()} at epoch {self.epoch}, step {self.step}")
         self.writer = SummaryWriter(str(cfg.logs))
+        self._deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
         previous = self._install_signal_handlers()
         try:
             with torch.autograd.set_detect_anomaly(cfg.debug):
@@ -267,7 +281,9 @@ class Trainer:
         return self.history
 
     def _out_of_steps(self) -> bool:
-        return bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
+        """True once --max-steps or --max-minutes is used up (the epoch then ends as usual)."""
+        return (bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps) or \
+            time.monotonic() >= self._deadline
 
     def _train_epoch(self) -> bool:
         """One epoch (or its remainder after a resume). Returns True when early stopping fires."""
@@ -279,6 +295,7 @@ class Trainer:
         window: dict[str, float] = {}
         start, seen = time.perf_counter(), 0
         for images, labels in self.train_loader.epoch(self.epoch, self.batch):
+            images = images.contiguous(memory_format=self.memory_format)
             seen += images.shape[0]
             with autocast(self.device, cfg.precision):
                 terms = self.loss_fn(model, images, labels, generator=None, step=self.step)

@@ -17,9 +17,9 @@ import torch
 
 from ..data import BatchLoader, DataConfig, DATASETS, load_splits
 from ..diffusion import nll_bits_per_dim
+from ..pipeline import DiffusionPipeline
 from ..trainer import DEVICES, pick_device
 from .flags import Parser
-from .sample import load_diffusion
 from .session import user_errors
 
 
@@ -44,7 +44,10 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None, help="JSON (default: eval_diffusion.json beside the checkpoint)")
     args = parser.parse_args(argv)
     device = pick_device(args.device)
-    model, schedule, config = load_diffusion(args.checkpoint, device)
+    pipe = DiffusionPipeline.from_checkpoint(args.checkpoint, device)
+    if pipe.vae is not None:
+        parser.error("this is a latent model: its bits/dim would measure VAE latents, not pixels")
+    model, schedule, config = pipe.model, pipe.schedule, pipe.config
     stored = dict(config["data"])
     stored.update({k: v for k, v in (("dataset", args.dataset), ("data_dir", args.data_dir)) if v})
     data_cfg = DataConfig(**stored)

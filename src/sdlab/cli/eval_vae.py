@@ -18,25 +18,13 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError, load_checkpoint
 from ..data import BatchLoader, DataConfig, DATASETS, load_splits
 from ..likelihood import bits_per_dim, discretized_gaussian_log_likelihood
 from ..trainer import DEVICES, pick_device
-from ..vae import VAE, VAEConfig, psnr
+from ..pipeline import load_vae
+from ..vae import VAE, psnr
 from .flags import Parser
 from .session import user_errors
-
-
-def load_vae(path: str, device: torch.device) -> tuple[VAE, dict]:
-    """(VAE with EMA weights if present, stored config) from a VAE checkpoint."""
-    state = load_checkpoint(path, device)
-    config = state.get("config", {})
-    if config.get("kind") != "vae":
-        raise CheckpointError(f"{path} is not a VAE checkpoint (kind {config.get('kind')!r}); "
-                              "train one with train_vae.py")
-    vae = VAE(VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["vae"].items()}))
-    vae.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
-    return vae.to(device).eval(), config
 
 
 @torch.no_grad()

@@ -1,9 +1,10 @@
 """`sdlab-sample CHECKPOINT`: draw images from a trained diffusion checkpoint.
 
-The U-Net and the schedule are rebuilt from the config stored in the checkpoint; no model flags
-are needed. EMA weights are used when the checkpoint has them.
+The U-Net, the schedule and (for latent models) the VAE are rebuilt from the config stored in
+the checkpoint; no model flags are needed. EMA weights are used when the checkpoint has them.
 
     sdlab-sample outputs/diffusion/best.pt --num-samples 64 --sampler ddim --steps 50 --seed 0 --out grid.png
+    sdlab-sample outputs/ldm/best.pt --class horse --class ship --guidance-scale 3 --out horses_ships.png
 """
 
 from __future__ import annotations
@@ -13,32 +14,15 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError, load_checkpoint
-from ..diffusion import DiffusionConfig, sample
 from ..diffusion.sampling import SAMPLERS, SPACINGS, VARIANCES
+from ..pipeline import DiffusionPipeline
 from ..trainer import DEVICES, autocast, pick_device
-from ..unet import UNet, UNetConfig
 from ..visualize import save_grid
 from .flags import Parser
 from .session import user_errors
 
 
-def load_diffusion(path: str, device: torch.device) -> tuple[UNet, "NoiseSchedule", dict]:
-    """(U-Net with EMA weights if present, schedule, stored config) from a diffusion checkpoint."""
-    state = load_checkpoint(path, device)
-    config = state.get("config", {})
-    if config.get("kind") != "diffusion":
-        raise CheckpointError(f"{path} is not a diffusion checkpoint (kind {config.get('kind')!r}); "
-                              "train one with train_diffusion.py")
-    tuples = lambda d: {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-    model = UNet(UNetConfig(**tuples(config["unet"]))).to(device)
-    model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
-    schedule = DiffusionConfig(**config["diffusion"]).make_schedule().to(device)
-    return model.eval(), schedule, config
-
-
-@user_errors
-def main(argv=None) -> None:
+def build_parser() -> Parser:
     parser = Parser(prog="sdlab-sample", description="Sample images from a diffusion checkpoint.")
     parser.add_argument("checkpoint", help="best.pt or last.pt written by train_diffusion.py")
     parser.add_argument("--num-samples", type=int, default=64)
@@ -47,6 +31,10 @@ def main(argv=None) -> None:
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     parser.add_argument("--spacing", choices=SPACINGS, default="uniform")
     parser.add_argument("--variance", choices=VARIANCES, default="beta", help="DDPM sigma_t^2")
+    parser.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME|ID",
+                        help="class-conditional models: class to draw (repeatable; cycled over the images)")
+    parser.add_argument("--guidance-scale", type=float, default=1.0,
+                        help="classifier-free guidance w (0: unconditional, 1: conditional)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     parser.add_argument("--out", default="samples.png", help="grid PNG to write")
@@ -54,6 +42,12 @@ def main(argv=None) -> None:
     parser.add_argument("--nrow", type=int, default=8)
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    return parser
+
+
+@user_errors
+def main(argv=None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.num_samples < 1 or args.steps < 1 or args.batch_size < 1:
         parser.error("--num-samples, --steps and --batch-size must be >= 1")
@@ -61,19 +55,26 @@ def main(argv=None) -> None:
         device = pick_device(args.device)
     except ValueError as err:
         parser.error(str(err))
-    model, schedule, config = load_diffusion(args.checkpoint, device)
-    unet = config["unet"]
-    shape = (unet["in_channels"], unet["image_size"], unet["image_size"])
-    prediction = config["diffusion"]["prediction"]
+    pipe = DiffusionPipeline.from_checkpoint(args.checkpoint, device)
+    labels = None
+    if args.classes:
+        if not pipe.classes:
+            parser.error("--class: this checkpoint is not class-conditional (train with --class-cond)")
+        try:
+            ids = pipe.class_ids(args.classes)
+        except ValueError as err:
+            parser.error(str(err))
+        labels = torch.tensor(ids, device=device).repeat(-(-args.num_samples // len(ids)))[: args.num_samples]
     g = torch.Generator(device).manual_seed(args.seed)
     start = time.perf_counter()
     chunks = []
     with autocast(device, args.precision):
         for n in range(0, args.num_samples, args.batch_size):
             b = min(args.batch_size, args.num_samples - n)
-            chunks.append(sample(model, schedule, (b, *shape), sampler=args.sampler, steps=args.steps,
-                                 eta=args.eta, spacing=args.spacing, variance=args.variance,
-                                 prediction=prediction, generator=g, device=device, progress=True))
+            chunks.append(pipe(b, labels=None if labels is None else labels[n:n + b],
+                               guidance_scale=args.guidance_scale, generator=g, progress=True,
+                               sampler=args.sampler, steps=args.steps, eta=args.eta,
+                               spacing=args.spacing, variance=args.variance))
     images = torch.cat(chunks).float()
     seconds = time.perf_counter() - start
     save_grid(images, args.out, nrow=args.nrow)
@@ -81,7 +82,7 @@ def main(argv=None) -> None:
         folder = Path(args.per_image_dir)
         for i, image in enumerate(images):
             save_grid(image[None], folder / f"{i:05d}.png", nrow=1)
-    steps = schedule.num_timesteps if args.sampler == "ddpm" else args.steps
+    steps = pipe.schedule.num_timesteps if args.sampler == "ddpm" else args.steps
     print(f"wrote {args.out}: {args.num_samples} images, {args.sampler} {steps} steps, "
           f"{seconds:.1f} s on {device}")
 

@@ -1,7 +1,9 @@
-"""`train_diffusion.py` / `sdlab-train-diffusion`: train a DDPM noise predictor.
+"""`train_diffusion.py` / `sdlab-train-diffusion`: train a DDPM noise predictor, on pixels or on
+VAE latents (latent diffusion), optionally class-conditional with classifier-free guidance.
 
     python diffusers/train_diffusion.py                       # CIFAR-10, CPU-sized U-Net on CPU
     python diffusers/train_diffusion.py --model-size ddpm-cifar10 --epochs 500
+    python diffusers/train_diffusion.py --latent --vae-checkpoint outputs/vae/best.pt --class-cond
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError
-from ..data import DataConfig
-from ..diffusion import DiffusionConfig, SamplerConfig, Trajectory, diffusion_loss, sample
-from ..figures import forward_process, loss_by_timestep, reverse_process, schedules
+from ..data import DataConfig, Splits, load_splits
+from ..diffusion import DiffusionConfig, SamplerConfig, Trajectory, diffusion_loss
+from ..diffusion.guidance import GuidanceConfig, drop_labels
+from ..figures import (class_grid, forward_process, guidance_sweep, latent_pipeline, loss_by_timestep,
+                       reverse_process, schedules)
+from ..latent import LatentConfig, encode_splits
+from ..pipeline import DiffusionPipeline, load_vae
 from ..trainer import TrainConfig, Trainer
 from ..unet import PRESETS, UNet, UNetConfig
 from ..visualize import grid, plot_history, save_grid
@@ -39,13 +45,13 @@ CPU_DEFAULTS = {"epochs": 100, "batch_size": 64, "lr": 3e-4, "warmup_steps": 200
                 "save_dir": "outputs/diffusion"}
 CUDA_DEFAULTS = {"epochs": 500, "batch_size": 128, "lr": 2e-4, "warmup_steps": 5000,
                  "ema_decay": 0.9999, "save_dir": "outputs/diffusion"}
-CLASSES = {"data": DataConfig, "train": TrainConfig, "unet": UNetConfig,
-           "diffusion": DiffusionConfig, "sampler": SamplerConfig}
+CLASSES = {"data": DataConfig, "train": TrainConfig, "unet": UNetConfig, "diffusion": DiffusionConfig,
+           "sampler": SamplerConfig, "latent": LatentConfig, "guidance": GuidanceConfig}
 
 
 def build_parser():
     parser = shared_parser("train_diffusion.py", "Train a DDPM: forward noising schedule, U-Net "
-                           "noise predictor, DDPM/DDIM samplers.")
+                           "noise predictor, DDPM/DDIM samplers; optionally on VAE latents.")
     parser.add_argument("--model-size", choices=sorted(PRESETS), default=None,
                         help="U-Net preset (default: cpu on CPU, ddpm-cifar10 on CUDA); "
                              "U-Net flags override it")
@@ -58,6 +64,8 @@ def build_parser():
     add_config_flags(parser, UNetConfig, "U-Net", DIFFUSION_ALIASES, skip=("image_size",))
     add_config_flags(parser, DiffusionConfig, "diffusion", DIFFUSION_ALIASES)
     add_config_flags(parser, SamplerConfig, "sampling", DIFFUSION_ALIASES)
+    add_config_flags(parser, LatentConfig, "latent diffusion")
+    add_config_flags(parser, GuidanceConfig, "class conditioning and classifier-free guidance")
     return parser
 
 
@@ -66,16 +74,15 @@ def parse(argv=None) -> tuple[dict, torch.device]:
     args = parser.parse_args(argv)
     if not args.residual:
         parser.error("--no-residual: the U-Net's blocks are always residual (DDPM App. B)")
-    extra = {k: getattr(args, k) for k in ("model_size", "is_attn")}
     device = resolve_device(parser, build_configs(parser, args, CLASSES)["train"])
-    size = extra["model_size"] or ("ddpm-cifar10" if device.type == "cuda" else "cpu")
+    size = args.model_size or ("ddpm-cifar10" if device.type == "cuda" else "cpu")
     defaults = dict(CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS, **PRESETS[size],
                     precision=default_precision(device))
     configs = build_configs(parser, args, CLASSES, overrides=defaults)
     configs["unet"] = dataclasses.replace(configs["unet"], image_size=configs["data"].image_size)
-    if extra["is_attn"] is not None:
+    if args.is_attn is not None:
         unet = configs["unet"]
-        flags = [s.strip() in ("1", "true", "True") for s in extra["is_attn"].split(",")]
+        flags = [s.strip() in ("1", "true", "True") for s in args.is_attn.split(",")]
         if len(flags) != len(unet.channel_mults):
             parser.error(f"--is-attn: give one 0/1 per level ({len(unet.channel_mults)} levels)")
         resolutions = tuple(unet.image_size // 2**i for i, on in enumerate(flags) if on)
@@ -88,71 +95,126 @@ def parse(argv=None) -> tuple[dict, torch.device]:
     return configs, resolve_device(parser, configs["train"])
 
 
+def latent_splits(configs: dict, splits: Splits, device: torch.device) -> tuple[Splits, dict]:
+    """Encode both splits with the frozen VAE; returns the latent splits and {"geometry": the
+    U-Net's latent geometry (attention resolutions divided by the VAE's downsampling factor),
+    "info": what the checkpoint stores, "vae": the frozen VAE}."""
+    latent_cfg, train_cfg = configs["latent"], configs["train"]
+    vae, vae_config = load_vae(latent_cfg.vae_checkpoint, device)
+    train, test, scale = encode_splits(vae, latent_cfg.vae_checkpoint, splits.train, splits.test,
+                                       device, cache_dir=train_cfg.save_dir)
+    f = vae.cfg.downsampling
+    print(f"latent diffusion: {len(train)} images encoded to {tuple(train.images.shape[1:])} by "
+          f"{latent_cfg.vae_checkpoint}; scale factor s = 1/std = {scale:.5f}")
+    unet = configs["unet"]
+    geometry = {"in_channels": train.channels, "image_size": train.images.shape[-1],
+                "attention_resolutions": tuple(max(r // f, 1) for r in unet.attention_resolutions)}
+    info = {"vae_checkpoint": str(Path(latent_cfg.vae_checkpoint).resolve()), "scale_factor": scale,
+            "downsampling": f, "vae_image_size": vae_config["data"]["image_size"]}
+    return Splits(train, test), {"geometry": geometry, "info": info, "vae": vae}
+
+
 class SampleGrid:
     """The epoch hook: a fixed-seed sample grid into SAVE_DIR/samples and TensorBoard."""
 
-    def __init__(self, schedule, configs: dict, device: torch.device, shape):
-        self.schedule, self.configs, self.device, self.shape = schedule, configs, device, shape
+    def __init__(self, pipe: DiffusionPipeline, configs: dict):
+        self.pipe, self.configs = pipe, configs
 
-    def draw(self, model, trajectory: Trajectory | None = None, num: int | None = None) -> torch.Tensor:
-        sampler, diffusion = self.configs["sampler"], self.configs["diffusion"]
-        model.eval()
-        g = torch.Generator(self.device).manual_seed(0)
-        return sample(model, self.schedule, (num or sampler.num_samples, *self.shape),
-                      prediction=diffusion.prediction, generator=g, device=self.device,
-                      trajectory=trajectory, **sampler.kwargs())
+    def labels(self, num: int) -> torch.Tensor | None:
+        if not self.pipe.classes:
+            return None
+        return torch.arange(num, device=self.pipe.device) % len(self.pipe.classes)
+
+    def draw(self, num: int | None = None, trajectory: Trajectory | None = None) -> torch.Tensor:
+        num = num or self.configs["sampler"].num_samples
+        g = torch.Generator(self.pipe.device).manual_seed(0)
+        return self.pipe(num, labels=self.labels(num), generator=g, trajectory=trajectory,
+                         guidance_scale=self.configs["guidance"].guidance_scale,
+                         **self.configs["sampler"].kwargs())
 
     def __call__(self, trainer: Trainer) -> None:
-        images = self.draw(trainer.eval_model)
-        save_grid(images, Path(trainer.cfg.save_dir) / "samples" / f"epoch_{trainer.epoch:04d}.png")
-        trainer.writer.add_image("samples", grid(images), trainer.step)
+        self.pipe.model = trainer.eval_model
+        images = self.draw()
+        nrow = len(self.pipe.classes) if self.pipe.classes else 8
+        save_grid(images, Path(trainer.cfg.save_dir) / "samples" / f"epoch_{trainer.epoch:04d}.png", nrow)
+        trainer.writer.add_image("samples", grid(images, nrow), trainer.step)
 
 
-def write_figures(model, schedule, configs: dict, history, val_images, grids: SampleGrid, save_dir):
-    out = Path(save_dir)
-    model.eval()
+def write_figures(grids: SampleGrid, history, val: torch.Tensor, val_labels, configs: dict, save_dir):
+    out, pipe = Path(save_dir), grids.pipe
+    pipe.model.eval()
+    written = ["loss_curves.png", "reverse_process.png", "loss_by_timestep.png"]
     plot_history(history, out / "loss_curves.png", title="DDPM training")
-    forward_process(schedule, val_images[:4], out / "forward_process.png")
     trajectory = Trajectory()
-    grids.draw(model, trajectory, num=1)
-    reverse_process(trajectory, out / "reverse_process.png")
-    schedules(out / "schedules.png", schedule.num_timesteps)
-    loss_by_timestep(model, schedule, configs["diffusion"], val_images, out / "loss_by_timestep.png")
-    print(f"figures written to {out}: loss_curves.png forward_process.png reverse_process.png "
-          "schedules.png loss_by_timestep.png")
+    grids.draw(num=1, trajectory=trajectory)
+    reverse_process(trajectory, out / "reverse_process.png", decode=pipe.decode)
+    loss_by_timestep(pipe.model, pipe.schedule, configs["diffusion"], val, out / "loss_by_timestep.png",
+                     labels=val_labels if pipe.classes else None)
+    if pipe.vae is None:
+        forward_process(pipe.schedule, val[:4], out / "forward_process.png")
+        schedules(out / "schedules.png", pipe.schedule.num_timesteps)
+        written += ["forward_process.png", "schedules.png"]
+    else:
+        latent_pipeline(trajectory, pipe.decode, out / "latent_pipeline.png")
+        written.append("latent_pipeline.png")
+    if pipe.classes:
+        kwargs = configs["sampler"].kwargs()
+        class_grid(pipe, out / "class_grid.png", configs["guidance"].guidance_scale, **kwargs)
+        guidance_sweep(pipe, out / "guidance_sweep.png", **kwargs)
+        written += ["class_grid.png", "guidance_sweep.png"]
+    print(f"figures written to {out}: {' '.join(written)}")
 
 
 @user_errors
 def main(argv=None) -> None:
     configs, device = parse(argv)
-    data_cfg, train_cfg, unet_cfg, diff_cfg = (configs[k] for k in ("data", "train", "unet", "diffusion"))
+    data_cfg, train_cfg, diff_cfg, guide_cfg = (configs[k] for k in ("data", "train", "diffusion", "guidance"))
     torch.manual_seed(train_cfg.seed)
-    splits, train_loader, val_loader = build_loaders(data_cfg, train_cfg, device)
+    splits, vae, run_extra = None, None, {}
+    if configs["latent"].latent:
+        splits, latent = latent_splits(configs, load_splits(data_cfg, seed=train_cfg.seed), device)
+        configs["unet"] = dataclasses.replace(configs["unet"], **latent["geometry"])
+        configs["data"] = data_cfg = dataclasses.replace(data_cfg, hflip=False)  # latents are not flip-symmetric
+        run_extra["latent_vae"], vae = latent["info"], latent["vae"]
+    splits, train_loader, val_loader = build_loaders(data_cfg, train_cfg, device, splits)
+    unet_cfg = configs["unet"]
     if unet_cfg.in_channels != splits.train.channels:
         raise ConfigError("in_channels", f"is {unet_cfg.in_channels} but --dataset {data_cfg.dataset} "
                                          f"has {splits.train.channels} channels; pass --in-chans "
                                          f"{splits.train.channels}")
+    if guide_cfg.class_cond:
+        configs["unet"] = unet_cfg = dataclasses.replace(unet_cfg, num_classes=len(splits.train.classes))
     model = UNet(unet_cfg).to(device)
     schedule = diff_cfg.make_schedule().to(device)
-    shape = (unet_cfg.in_channels, data_cfg.image_size, data_cfg.image_size)
-    print(f"U-Net: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
-          f"T = {diff_cfg.num_timesteps} ({diff_cfg.schedule}), predicting {diff_cfg.prediction}; "
-          f"{len(splits.train)} train / {len(splits.test)} val images, device {device}, "
-          f"precision {train_cfg.precision}")
+    print(f"U-Net: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on "
+          f"{unet_cfg.in_channels}x{unet_cfg.image_size}x{unet_cfg.image_size}; T = {diff_cfg.num_timesteps} "
+          f"({diff_cfg.schedule}), predicting {diff_cfg.prediction}"
+          f"{', class-conditional' if guide_cfg.class_cond else ''}; {len(splits.train)} train / "
+          f"{len(splits.test)} val images, device {device}, precision {train_cfg.precision}")
     run_config = save_run_config(configs, train_cfg.save_dir)
-    run_config["kind"] = "diffusion"
+    run_config.update(kind="diffusion", classes=list(splits.train.classes), **run_extra)
+    null_class = unet_cfg.num_classes
 
     def loss_fn(net, images, labels, generator=None, step=None):
-        return diffusion_loss(net, schedule, images, diff_cfg, generator=generator)
+        if not guide_cfg.class_cond:
+            labels = None
+        elif generator is None:  # training: label dropout teaches the unconditional model too
+            labels = drop_labels(labels, guide_cfg.cond_drop_prob, null_class)
+        return diffusion_loss(net, schedule, images, diff_cfg, labels, generator=generator)
 
-    grids = SampleGrid(schedule, configs, device, shape)
+    pipe = DiffusionPipeline(model, schedule, diff_cfg.prediction, vae,
+                             run_extra.get("latent_vae", {}).get("scale_factor", 1.0),
+                             splits.train.classes if guide_cfg.class_cond else (), run_config)
+    grids = SampleGrid(pipe, configs)
     trainer = Trainer(model, loss_fn, train_loader, val_loader, train_cfg, run_config=run_config,
                       device=device, epoch_hook=grids)
     run_training(trainer)
     if train_cfg.visualize:
-        val_images = torch.cat([x for x, _ in val_loader.epoch(0)][:4])[:256]
-        write_figures(trainer.eval_model, schedule, configs, trainer.history, val_images, grids,
-                      train_cfg.save_dir)
+        pipe.model = trainer.eval_model
+        batches = [b for b, _ in zip(val_loader.epoch(0), range(4))]
+        val = torch.cat([x for x, _ in batches])[:256]
+        val_labels = torch.cat([y for _, y in batches])[:256]
+        write_figures(grids, trainer.history, val, val_labels, configs, train_cfg.save_dir)
 
 
 if __name__ == "__main__":

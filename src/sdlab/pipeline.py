@@ -1,0 +1,118 @@
+"""The generation pipeline: U-Net + scheduler (+ VAE decoder, + class guidance) -> images.
+
+This is Stable Diffusion's inference path in miniature:
+
+    noise z_T ~ N(0, I)  --sampler (DDPM/DDIM), U-Net eps(z_t, t, class), guidance-->  z_0
+    z_0 / s  --VAE decoder-->  image in [-1, 1]          (pixel models skip the decoder)
+
+`DiffusionPipeline.from_checkpoint` rebuilds everything from the config stored in a
+train_diffusion.py checkpoint (latent checkpoints name their VAE file).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .diffusion import DiffusionConfig, NoiseSchedule, Trajectory, sample
+from .diffusion.guidance import guided
+from .latent import decode_latents
+from .unet import UNet, UNetConfig
+from .vae import VAE, VAEConfig
+
+
+def _tuples(d: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def load_vae(path: str, device: torch.device) -> tuple[VAE, dict]:
+    """(VAE with EMA weights if present, stored config) from a train_vae.py checkpoint."""
+    state = load_checkpoint(path, device)
+    config = state.get("config", {})
+    if config.get("kind") != "vae":
+        raise CheckpointError(f"{path} is not a VAE checkpoint (kind {config.get('kind')!r}); "
+                              "train one with train_vae.py")
+    vae = VAE(VAEConfig(**_tuples(config["vae"])))
+    vae.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    return vae.to(device).eval().requires_grad_(False), config
+
+
+@dataclass
+class DiffusionPipeline:
+    model: torch.nn.Module
+    schedule: NoiseSchedule
+    prediction: str = "eps"
+    vae: VAE | None = None            # latent models decode through it
+    scale_factor: float = 1.0
+    classes: tuple[str, ...] = ()     # non-empty for class-conditional models
+    config: dict = field(default_factory=dict)   # the run config stored in the checkpoint
+
+    @classmethod
+    def from_checkpoint(cls, path: str, device: torch.device) -> "DiffusionPipeline":
+        """Rebuild U-Net (EMA weights when present), schedule and, for latent models, the VAE."""
+        state = load_checkpoint(path, device)
+        config = state.get("config", {})
+        if config.get("kind") != "diffusion":
+            raise CheckpointError(f"{path} is not a diffusion checkpoint (kind {config.get('kind')!r}); "
+                                  "train one with train_diffusion.py")
+        model = UNet(UNetConfig(**_tuples(config["unet"]))).to(device)
+        model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+        latent = config.get("latent_vae") or {}
+        vae = load_vae(latent["vae_checkpoint"], device)[0] if latent else None
+        return cls(model.eval(), DiffusionConfig(**config["diffusion"]).make_schedule().to(device),
+                   config["diffusion"]["prediction"], vae, latent.get("scale_factor", 1.0),
+                   tuple(config.get("classes") or ()) if config["unet"]["num_classes"] else (), config)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        cfg = self.model.cfg
+        return (cfg.in_channels, cfg.image_size, cfg.image_size)
+
+    def class_ids(self, names: list[str]) -> list[int]:
+        """Class names or numeric ids -> ids; raises ValueError naming the allowed classes."""
+        ids = []
+        for name in names:
+            if name.isdigit() and int(name) < len(self.classes):
+                ids.append(int(name))
+            elif name in self.classes:
+                ids.append(self.classes.index(name))
+            else:
+                raise ValueError(f"--class {name!r}: choose one of {', '.join(self.classes)} "
+                                 f"or an id 0-{len(self.classes) - 1}")
+        return ids
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Samples of the diffusion model -> images in [-1, 1] (through the VAE when latent)."""
+        z = z.float().to(self.device)
+        if self.vae is None:
+            return z.clamp(-1, 1)
+        return decode_latents(self.vae, z, self.scale_factor)
+
+    @torch.no_grad()
+    def __call__(self, num: int, *, labels: torch.Tensor | None = None, guidance_scale: float = 1.0,
+                 generator: torch.Generator | None = None, trajectory: Trajectory | None = None,
+                 progress: bool = False, decode: bool = True, **sampler_kwargs) -> torch.Tensor:
+        """Generate `num` images (B, C, H, W) in [-1, 1] (or raw latents with decode=False).
+
+        labels: class ids (num,) for class-conditional models; guidance_scale w combines the
+        conditional and unconditional predictions (w = 1: plain conditional sampling).
+        sampler_kwargs: sampler, steps, eta, spacing, variance, clip (see diffusion.sample).
+        """
+        self.model.eval()
+        denoiser = self.model
+        if self.classes and labels is not None and guidance_scale != 1.0:
+            denoiser = guided(self.model, labels, guidance_scale, len(self.classes))
+        elif labels is not None:
+            denoiser = lambda xt, t, _labels: self.model(xt, t, labels)
+        # latents are not confined to [-1, 1], so x0 clipping is for pixel models only
+        sampler_kwargs["clip"] = sampler_kwargs.get("clip", True) and self.vae is None
+        z = sample(denoiser, self.schedule, (num, *self.sample_shape), prediction=self.prediction,
+                   generator=generator, device=self.device, trajectory=trajectory, progress=progress,
+                   **sampler_kwargs)
+        return self.decode(z) if decode else z
