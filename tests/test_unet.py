@@ -92,3 +92,18 @@ def test_sample_command_refuses_a_vae_checkpoint_in_one_line(tmp_path):
     result = run_script(["-m", "sdlab.cli.sample", tmp_path / "vae.pt"], cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "not a diffusion checkpoint" in result.stderr
+
+
+def test_fast_dropout_drops_at_rate_p_and_keeps_the_mean():
+    from sdlab.layers import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.1)
+    x = torch.ones(400_000)
+    y = drop(x)
+    assert (y == 0).float().mean().item() == pytest.approx(0.1, abs=0.003)
+    assert y.mean().item() == pytest.approx(1.0, abs=0.01)               # inverted scaling
+    values = y.unique().tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.9)
+    assert not torch.equal(drop(x), y)                                    # a fresh mask each call
+    assert torch.equal(drop.eval()(x), x) and torch.equal(Dropout(0.0)(x), x)

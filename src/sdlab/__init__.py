@@ -7,9 +7,14 @@ Modules (imports point down):
     likelihood  Gaussian KL and the discretized Gaussian likelihood (bits/dim)
     vae         VAEConfig, DiagonalGaussian, VAE, vae_loss
     unet        UNetConfig, UNet
-    diffusion   noise schedules, training loss and samplers (never imports a network)
+    diffusion   noise schedules, training loss, samplers, guidance (never imports a network)
+    latent      encode a dataset once with a frozen VAE, cache and scale the latents
+    pipeline    U-Net + scheduler (+ VAE decoder, + guidance) -> images
+    checkpoint  atomic save, weights-only load
+    ema         exponential moving average of weights
     trainer     fit / evaluate / early stopping / checkpoints / TensorBoard
     visualize   image grids and plots (matplotlib Agg)
+    figures     the figures that explain each component
     cli         argparse from dataclass configs and the entry points
 """
 
