@@ -319,5 +319,12 @@ class BatchLoader:
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             yield x, self.labels[idx.to(self.labels.device)].to(self.device, non_blocking=True)
 
+    def spread(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`n` images evenly spaced through the set (every class of a sorted folder shows up),
+        unflipped, as (images in [-1, 1] (float sets as stored), labels) on the device."""
+        idx = torch.linspace(0, self.images.shape[0] - 1, min(n, self.images.shape[0])).round().long()
+        x = self.images[idx.to(self.images.device)].to(self.device)
+        return (to_unit_range(x) if x.dtype == torch.uint8 else x), self.labels[idx.to(self.labels.device)].to(self.device)
+
     def __iter__(self):
         return self.epoch(0)

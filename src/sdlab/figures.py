@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .visualize import plot_bars, save_figure, save_grid, save_labelled_rows
+from .visualize import plot_bars, plot_history, save_figure, save_grid, save_labelled_rows
 
 
 @torch.no_grad()
@@ -50,6 +50,24 @@ def vae_kl_per_channel(vae, images: torch.Tensor, path: str | Path) -> tuple[Pat
     names = [f"z{c}" for c in range(len(per_channel))]
     return plot_bars(names, per_channel, path, "KL (nats / image)",
                      title="KL per latent channel"), per_channel
+
+
+def vae_figures(vae, history: list[dict], images: torch.Tensor, out: str | Path) -> list[str]:
+    """All VAE figures into folder `out` from a trained VAE, its history and ~256 test images
+    (evenly spread over the set, so that every class shows up). Returns the file names."""
+    out = Path(out)
+    vae.eval()
+    size = images.shape[-1]
+    every = max(1, images.shape[0] // 8)
+    plot_history(history, out / "loss_curves.png", terms=["loss", "recon", "kl", "psnr"], title="VAE training")
+    vae_reconstructions(vae, images[::every][:8], out / "reconstructions.png")
+    vae_prior_samples(vae, vae.cfg.latent_shape(size), out / "prior_samples.png")
+    vae_interpolation(vae, images[::every][:8], out / "interpolation.png")
+    vae_kl_per_channel(vae, images, out / "kl_per_channel.png")
+    names = ["loss_curves.png", "reconstructions.png", "prior_samples.png", "interpolation.png",
+             "kl_per_channel.png"]
+    print(f"figures written to {out}: {' '.join(names)}")
+    return names
 
 
 # ---------------------------------------------------------------- diffusion

@@ -21,6 +21,8 @@ import torch
 from ..data import BatchLoader, DataConfig, DATASETS, load_splits
 from ..likelihood import bits_per_dim, discretized_gaussian_log_likelihood
 from ..trainer import DEVICES, pick_device
+from ..checkpoint import load_checkpoint
+from ..figures import vae_figures
 from ..pipeline import load_vae
 from ..vae import VAE, psnr
 from .flags import Parser
@@ -78,6 +80,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--out", default=None, help="JSON file (default: eval_vae.json beside the checkpoint)")
+    parser.add_argument("--figures", default=None, metavar="DIR",
+                        help="also write the VAE figures (loss curves, reconstructions, ...) into DIR")
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     vae, config = load_vae(args.checkpoint, device)
@@ -99,6 +103,9 @@ def main(argv=None) -> None:
     out = Path(args.out or Path(args.checkpoint).with_name("eval_vae.json"))
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
+    if args.figures:
+        history = load_checkpoint(args.checkpoint)["history"]
+        vae_figures(vae, history, test.spread(256)[0], args.figures)
 
 
 if __name__ == "__main__":

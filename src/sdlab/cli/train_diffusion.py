@@ -151,7 +151,7 @@ def write_figures(grids: SampleGrid, history, val: torch.Tensor, val_labels, con
     loss_by_timestep(pipe.model, pipe.schedule, configs["diffusion"], val, out / "loss_by_timestep.png",
                      labels=val_labels if pipe.classes else None)
     if pipe.vae is None:
-        forward_process(pipe.schedule, val[:4], out / "forward_process.png")
+        forward_process(pipe.schedule, val[::64], out / "forward_process.png")
         schedules(out / "schedules.png", pipe.schedule.num_timesteps)
         written += ["forward_process.png", "schedules.png"]
     else:
@@ -211,9 +211,7 @@ def main(argv=None) -> None:
     run_training(trainer)
     if train_cfg.visualize:
         pipe.model = trainer.eval_model
-        batches = [b for b, _ in zip(val_loader.epoch(0), range(4))]
-        val = torch.cat([x for x, _ in batches])[:256]
-        val_labels = torch.cat([y for _, y in batches])[:256]
+        val, val_labels = val_loader.spread(256)
         write_figures(grids, trainer.history, val, val_labels, configs, train_cfg.save_dir)
 
 

@@ -5,17 +5,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from ..config import ConfigError
 from ..data import DataConfig
 
-from ..figures import vae_interpolation, vae_kl_per_channel, vae_prior_samples, vae_reconstructions
+from ..figures import vae_figures
 from ..trainer import TrainConfig, Trainer
 from ..vae import VAE, VAEConfig, VAELossConfig, vae_loss
-from ..visualize import grid, plot_history
+from ..visualize import grid
 from .flags import add_config_flags, build_configs
 from .session import (build_loaders, checkpoint_config, default_precision, resolve_device,
                       run_training, save_run_config, shared_parser, user_errors)
@@ -75,19 +73,6 @@ def log_images(trainer: Trainer, fixed: torch.Tensor, latent_shape) -> None:
     trainer.writer.add_image("vae/prior_samples", grid(samples), trainer.step)
 
 
-def write_figures(vae: VAE, history: list[dict], val_images: torch.Tensor, latent_shape, save_dir: str):
-    vae.eval()
-    out = Path(save_dir)
-    plot_history(history, out / "loss_curves.png", terms=["loss", "recon", "kl", "psnr"],
-                 title="VAE training")
-    vae_reconstructions(vae, val_images[:8], out / "reconstructions.png")
-    vae_prior_samples(vae, latent_shape, out / "prior_samples.png")
-    vae_interpolation(vae, val_images[:8], out / "interpolation.png")
-    vae_kl_per_channel(vae, val_images, out / "kl_per_channel.png")
-    print(f"figures written to {out}: loss_curves.png reconstructions.png prior_samples.png "
-          "interpolation.png kl_per_channel.png")
-
-
 @user_errors
 def main(argv=None) -> None:
     configs, device = parse(argv)
@@ -109,7 +94,7 @@ def main(argv=None) -> None:
           f"precision {train_cfg.precision}")
     run_config = save_run_config(configs, train_cfg.save_dir)
     run_config["kind"] = "vae"
-    fixed = next(val_loader.epoch(0))[0][:8]
+    fixed = val_loader.spread(8)[0]
 
     def loss_fn(model, images, labels, generator=None, step=None):
         return vae_loss(model, images, loss_cfg, generator=generator, step=step)
@@ -118,8 +103,7 @@ def main(argv=None) -> None:
                       device=device, epoch_hook=lambda t: log_images(t, fixed, latent_shape))
     run_training(trainer)
     if train_cfg.visualize:
-        val_images = torch.cat([x for x, _ in val_loader.epoch(0)][:4])[:256]
-        write_figures(trainer.eval_model, trainer.history, val_images, latent_shape, train_cfg.save_dir)
+        vae_figures(trainer.eval_model, trainer.history, val_loader.spread(256)[0], train_cfg.save_dir)
 
 
 if __name__ == "__main__":
