@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import time
 
 import torch
+from timing import images_per_second, training_step
 
 from sdlab.diffusion import DiffusionConfig, diffusion_loss
 from sdlab.pipeline import DiffusionPipeline
@@ -26,21 +26,10 @@ from sdlab.visualize import plot_bars
 
 
 def train_rate(model, shape, precision, batch, steps, warmup=2) -> float:
-    cpu = torch.device("cpu")
     schedule = DiffusionConfig().make_schedule()
     x = torch.randn(batch, *shape)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        with autocast(cpu, precision):
-            loss = diffusion_loss(model, schedule, x, DiffusionConfig())["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
+    step = training_step(model, lambda: diffusion_loss(model, schedule, x, DiffusionConfig())["loss"], precision)
+    return images_per_second(step, batch, steps, warmup)
 
 
 def sample_seconds(pipe, precision, num=64, steps=50) -> float:

@@ -15,12 +15,11 @@ so the comparison is shown both ways.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import images_per_second, training_step
 
-from sdlab.trainer import autocast, memory_format
+from sdlab.trainer import memory_format
 from sdlab.unet import PRESETS, UNet, UNetConfig
 
 
@@ -43,25 +42,13 @@ def hf_unet(cfg: UNetConfig):
 
 def throughput(model, forward, precision: str, batch: int, size: int, steps: int, warmup: int,
                fmt: torch.memory_format = torch.contiguous_format) -> float:
-    device = torch.device("cpu")
     torch.manual_seed(0)
     model.to(memory_format=fmt)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
     t = torch.randint(0, 1000, (batch,))
     target = torch.randn_like(x)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        with autocast(device, precision):
-            out = forward(model, x, t)
-        loss = (out.float() - target).pow(2).mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
+    step = training_step(model, lambda: (forward(model, x, t).float() - target).pow(2).mean(), precision)
+    return images_per_second(step, batch, steps, warmup)
 
 
 def main():

@@ -7,12 +7,10 @@ random batch, median images/s over timed steps after warm-up.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import images_per_second, training_step
 
-from sdlab.trainer import autocast
 from sdlab.vae import VAE, VAEConfig, VAELossConfig, vae_loss
 
 CONFIGS = {
@@ -34,19 +32,10 @@ def main():
         for precision in ("fp32", "bf16"):
             torch.manual_seed(0)
             vae = VAE(cfg)
-            opt = torch.optim.AdamW(vae.parameters(), lr=2e-4)
-            times = []
-            for i in range(args.warmup + args.steps):
-                start = time.perf_counter()
-                with autocast(torch.device("cpu"), precision):
-                    loss = vae_loss(vae, x, VAELossConfig())["loss"]
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                if i >= args.warmup:
-                    times.append(time.perf_counter() - start)
+            step = training_step(vae, lambda: vae_loss(vae, x, VAELossConfig())["loss"], precision)
+            rate = images_per_second(step, args.batch, args.steps, args.warmup)
             params = sum(p.numel() for p in vae.parameters()) / 1e6
-            print(f"{name} ({params:.2f}M) {precision}: {args.batch / statistics.median(times):.0f} img/s")
+            print(f"{name} ({params:.2f}M) {precision}: {rate:.0f} img/s")
 
 
 if __name__ == "__main__":
