@@ -146,3 +146,10 @@ def test_original_readme_command_runs_from_inside_diffusers(tmp_path):
     tags = scalar_tags(logs)
     assert {"train/loss", "train/recon", "train/kl", "val/loss", "val/recon", "val/kl", "val/psnr"} <= tags
     assert json.loads((save / "config.json").read_text())["data"]["dataset"] == "synthetic"
+    evaluated = run_script(["-m", "sdlab.cli.eval_vae", save / "best.pt", "--out", tmp_path / "e.json",
+                            "--figures", tmp_path / "figs"], cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["images"] == 12 and 0 < result["nelbo_bpd"] < 16 and result["psnr"] > 5
+    assert abs(result["scale_factor"] * result["latent_std"] - 1) < 1e-6
+    assert (tmp_path / "figs" / "reconstructions.png").stat().st_size > 0

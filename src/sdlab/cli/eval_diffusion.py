@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from ..data import BatchLoader, DataConfig, DATASETS, load_splits
+from ..data import BatchLoader, DATASETS, load_splits
 from ..diffusion import nll_bits_per_dim
 from ..pipeline import DiffusionPipeline
 from ..trainer import DEVICES, pick_device
 from .flags import Parser
-from .session import user_errors
+from .session import stored_data_config, user_errors
 
 
 def stratified_timesteps(num_timesteps: int, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -49,9 +49,7 @@ def main(argv=None) -> None:
     if pipe.vae is not None:
         parser.error("this is a latent model: its bits/dim would measure VAE latents, not pixels")
     model, schedule, config = pipe.model, pipe.schedule, pipe.config
-    stored = dict(config["data"])
-    stored.update({k: v for k, v in (("dataset", args.dataset), ("data_dir", args.data_dir)) if v})
-    data_cfg = DataConfig(**stored)
+    data_cfg = stored_data_config(config, args.dataset, args.data_dir)
     test = BatchLoader(load_splits(data_cfg, seed=config["train"]["seed"]).test, args.batch_size,
                        shuffle=False, hflip=False, drop_last=False, device=device)
     T = schedule.num_timesteps

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import BatchLoader, DataConfig, DATASETS, load_splits
+from ..data import BatchLoader, DATASETS, load_splits
 from ..likelihood import bits_per_dim, discretized_gaussian_log_likelihood
 from ..trainer import DEVICES, pick_device
 from ..checkpoint import load_checkpoint
@@ -26,7 +26,7 @@ from ..figures import vae_figures
 from ..pipeline import load_vae
 from ..vae import VAE, psnr
 from .flags import Parser
-from .session import user_errors
+from .session import stored_data_config, user_errors
 
 
 @torch.no_grad()
@@ -85,9 +85,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     vae, config = load_vae(args.checkpoint, device)
-    stored = dict(config["data"])
-    stored.update({k: v for k, v in (("dataset", args.dataset), ("data_dir", args.data_dir)) if v})
-    data_cfg = DataConfig(**{**stored, "batch_size": args.batch_size})
+    data_cfg = stored_data_config(config, args.dataset, args.data_dir)
     splits = load_splits(data_cfg, seed=config["train"]["seed"])
     train = BatchLoader(splits.train, args.batch_size, shuffle=True, hflip=False, drop_last=False,
                         seed=args.seed, device=device)

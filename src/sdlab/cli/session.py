@@ -84,6 +84,13 @@ def checkpoint_config(train: TrainConfig) -> dict | None:
     return load_checkpoint(path)["config"]
 
 
+def stored_data_config(config: dict, dataset: str | None, data_dir: str | None) -> DataConfig:
+    """The data config a checkpoint was trained with, with --dataset / --data-dir overrides."""
+    stored = dict(config["data"])
+    stored.update({k: v for k, v in (("dataset", dataset), ("data_dir", data_dir)) if v})
+    return DataConfig(**stored)
+
+
 def build_loaders(data: DataConfig, train: TrainConfig, device: torch.device,
                   splits: Splits | None = None) -> tuple[Splits, BatchLoader, BatchLoader]:
     """Decode the dataset once and cut it into training and validation batch loaders."""
