@@ -35,3 +35,8 @@ def option(default, help: str, **extra):
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple for sequence defaults: configs are frozen")
     return dataclasses.field(default=default, metadata={"help": help, **extra})
+
+
+def from_stored(cls, values: dict):
+    """Rebuild config dataclass `cls` from a stored plain dict (JSON or checkpoint: lists -> tuples)."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

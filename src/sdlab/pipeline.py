@@ -16,15 +16,12 @@ from dataclasses import dataclass, field
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
+from .config import from_stored
 from .diffusion import DiffusionConfig, NoiseSchedule, Trajectory, sample
 from .diffusion.guidance import guided
 from .latent import decode_latents
 from .unet import UNet, UNetConfig
 from .vae import VAE, VAEConfig
-
-
-def _tuples(d: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
 def load_vae(path: str, device: torch.device) -> tuple[VAE, dict]:
@@ -34,7 +31,7 @@ def load_vae(path: str, device: torch.device) -> tuple[VAE, dict]:
     if config.get("kind") != "vae":
         raise CheckpointError(f"{path} is not a VAE checkpoint (kind {config.get('kind')!r}); "
                               "train one with train_vae.py")
-    vae = VAE(VAEConfig(**_tuples(config["vae"])))
+    vae = VAE(from_stored(VAEConfig, config["vae"]))
     vae.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
     return vae.to(device).eval().requires_grad_(False), config
 
@@ -57,7 +54,7 @@ class DiffusionPipeline:
         if config.get("kind") != "diffusion":
             raise CheckpointError(f"{path} is not a diffusion checkpoint (kind {config.get('kind')!r}); "
                                   "train one with train_diffusion.py")
-        model = UNet(UNetConfig(**_tuples(config["unet"]))).to(device)
+        model = UNet(from_stored(UNetConfig, config["unet"])).to(device)
         model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
         latent = config.get("latent_vae") or {}
         vae = load_vae(latent["vae_checkpoint"], device)[0] if latent else None

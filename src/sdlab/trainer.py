@@ -248,6 +248,7 @@ class Trainer:
 
     def log(self, message: str) -> None:
         tqdm.write(message)
+        self.cfg.logs.mkdir(parents=True, exist_ok=True)
         with open(self.cfg.logs / "train.log", "a") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 

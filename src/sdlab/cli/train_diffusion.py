@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConfigError
+from ..config import ConfigError, from_stored
 from ..data import DataConfig, Splits, load_splits
 from ..diffusion import DiffusionConfig, SamplerConfig, Trajectory, diffusion_loss
 from ..diffusion.guidance import GuidanceConfig, drop_labels
@@ -90,8 +90,7 @@ def parse(argv=None) -> tuple[dict, torch.device]:
     stored = checkpoint_config(configs["train"])
     if stored is not None:  # a resumed run keeps its architecture and schedule
         for section, cls in (("unet", UNetConfig), ("diffusion", DiffusionConfig)):
-            configs[section] = cls(**{k: tuple(v) if isinstance(v, list) else v
-                                      for k, v in stored[section].items()})
+            configs[section] = from_stored(cls, stored[section])
     return configs, resolve_device(parser, configs["train"])
 
 

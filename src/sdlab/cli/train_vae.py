@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ConfigError
+from ..config import ConfigError, from_stored
 from ..data import DataConfig
 
 from ..figures import vae_figures
@@ -56,8 +56,7 @@ def parse(argv=None) -> tuple[dict, torch.device]:
     configs = build_configs(parser, args, classes, overrides=defaults)
     stored = checkpoint_config(configs["train"])
     if stored is not None:  # a resumed run keeps the architecture it was trained with
-        configs["vae"] = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                      for k, v in stored["vae"].items()})
+        configs["vae"] = from_stored(VAEConfig, stored["vae"])
     return configs, resolve_device(parser, configs["train"])
 
 
