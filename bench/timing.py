@@ -8,12 +8,14 @@ from typing import Callable
 
 import torch
 
-from sdlab.trainer import autocast
+from sdlab.trainer import autocast, fused_optimizer
 
 
 def training_step(model: torch.nn.Module, loss: Callable[[], torch.Tensor], precision: str) -> Callable[[], None]:
-    """One AdamW training step of `model` on `loss()` under the given autocast precision."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    """One AdamW training step of `model` on `loss()` under the given autocast precision.
+
+    The optimizer is built as the trainer builds it (fused where torch has the kernel)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_optimizer(model))
 
     def step() -> None:
         with autocast(torch.device("cpu"), precision):

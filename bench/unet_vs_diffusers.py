@@ -2,19 +2,21 @@
 
 Both networks are built from one preset (channels, multipliers, blocks per level, attention
 levels, dropout) and trained in the same process on the same random batch: forward, MSE loss,
-backward, AdamW step. Reports the median images/s over timed steps after warm-up, in fp32 and
-in bf16 autocast. sdlab runs in the memory format its trainer uses (`trainer.memory_format`:
-channels-last for fp32); diffusers runs as it comes (contiguous), and in fp32 also channels-last,
-so the comparison is shown both ways.
+backward, AdamW step (fused, as the trainer builds it). Each round times every network in turn
+(median images/s over timed steps after warm-up), so a slow spell of the machine hits both;
+the ratio reported is the median of the per-round ratios. sdlab runs in the memory format its
+trainer uses on CPU (`trainer.memory_format`: channels-last); diffusers runs as it comes
+(contiguous) and, in fp32, also channels-last, so the comparison is shown both ways.
 
     pip install -e ".[bench]"
-    python bench/unet_vs_diffusers.py --preset cpu --steps 6
-    python bench/unet_vs_diffusers.py --preset ddpm-cifar10 --steps 3
+    python bench/unet_vs_diffusers.py --preset cpu --steps 6 --rounds 3
+    python bench/unet_vs_diffusers.py --preset ddpm-cifar10 --steps 3 --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 from timing import images_per_second, training_step
@@ -40,41 +42,52 @@ def hf_unet(cfg: UNetConfig):
     )
 
 
-def throughput(model, forward, precision: str, batch: int, size: int, steps: int, warmup: int,
-               fmt: torch.memory_format = torch.contiguous_format) -> float:
+def timed_step(model, forward, precision: str, batch: int, size: int, fmt: torch.memory_format):
+    """A training step of `model` on a fixed random batch in memory format `fmt`."""
     torch.manual_seed(0)
     model.to(memory_format=fmt)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
     t = torch.randint(0, 1000, (batch,))
     target = torch.randn_like(x)
-    step = training_step(model, lambda: (forward(model, x, t).float() - target).pow(2).mean(), precision)
-    return images_per_second(step, batch, steps, warmup)
+    return training_step(model, lambda: (forward(model, x, t).float() - target).pow(2).mean(), precision)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per network per round")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = UNetConfig(**PRESETS[args.preset])
-    ours, theirs = UNet(cfg), hf_unet(cfg)
+    ours = lambda m, x, t: m(x, t)
+    theirs = lambda m, x, t: m(x, t).sample
+    contenders = {"sdlab": (UNet, ours, memory_format(torch.device("cpu"), cfg.image_size)),
+                  "diffusers": (hf_unet, theirs, torch.contiguous_format),
+                  "diffusers channels-last": (hf_unet, theirs, torch.channels_last)}
     count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6
-    print(f"preset {args.preset}: sdlab {count(ours):.2f}M params, diffusers {count(theirs):.2f}M params; "
-          f"batch {args.batch}, 32x32, {args.threads} threads, torch {torch.__version__}")
-    run = lambda m, fwd, precision, fmt: throughput(m, fwd, precision, args.batch, cfg.image_size,
-                                                    args.steps, args.warmup, fmt)
-    for precision in ("fp32", "bf16"):
-        a = run(ours, lambda m, x, t: m(x, t), precision, memory_format(precision))
-        b = run(theirs, lambda m, x, t: m(x, t).sample, precision, torch.contiguous_format)
-        line = f"{precision}: sdlab {a:.1f} img/s, diffusers {b:.1f} img/s, ratio {a / b:.2f}x"
-        if precision == "fp32":
-            c = run(theirs, lambda m, x, t: m(x, t).sample, precision, torch.channels_last)
-            line += f"; diffusers channels-last {c:.1f} img/s, ratio {a / c:.2f}x"
-        print(line, flush=True)
+    print(f"preset {args.preset}: sdlab {count(UNet(cfg)):.2f}M params, diffusers {count(hf_unet(cfg)):.2f}M "
+          f"params; batch {args.batch}, 32x32, {args.threads} threads, {args.rounds} rounds of "
+          f"{args.steps} steps, torch {torch.__version__}")
+    for precision in args.precisions:
+        names = list(contenders) if precision == "fp32" else ["sdlab", "diffusers"]
+        steps = {name: timed_step(build(cfg), fwd, precision, args.batch, cfg.image_size, fmt)
+                 for name, (build, fwd, fmt) in ((n, contenders[n]) for n in names)}
+        rates = {name: [] for name in names}
+        for r in range(args.rounds):
+            for name in names:
+                rates[name].append(images_per_second(steps[name], args.batch, args.steps,
+                                                     args.warmup if r == 0 else 1))
+        parts = []
+        for name in names[1:]:
+            ratios = [a / b for a, b in zip(rates["sdlab"], rates[name])]
+            parts.append(f"{name} {statistics.median(rates[name]):.1f} img/s, ratio "
+                         f"{statistics.median(ratios):.2f}x ({', '.join(f'{q:.2f}' for q in ratios)})")
+        print(f"{precision}: sdlab {statistics.median(rates['sdlab']):.1f} img/s; " + "; ".join(parts), flush=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .config import option, require
-from .layers import Attention, Downsample, ResBlock, Upsample, group_norm
+from .layers import Attention, Downsample, GroupNorm, ResBlock, Upsample
 
 PRESETS = {
     # CPU-sized default: 3 levels (32, 16, 8), attention at 8x8 only.
@@ -103,7 +103,7 @@ class UNet(nn.Module):
             if level > 0:
                 self.up.append(nn.ModuleList([Upsample(ch)]))
                 res *= 2
-        self.norm_out = group_norm(ch)
+        self.norm_out = GroupNorm(ch, act=True)
         self.conv_out = nn.Conv2d(ch, cfg.out_channels or cfg.in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)   # start as the zero predictor (DDPM's init)
         nn.init.zeros_(self.conv_out.bias)
@@ -133,4 +133,4 @@ class UNet(nn.Module):
                 h = layer[0](h)
             else:
                 h = layer[1](layer[0](torch.cat([h, hs.pop()], dim=1), emb))
-        return self.conv_out(nn.functional.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h))

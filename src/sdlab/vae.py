@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import option, require, require_choice
-from .layers import Downsample, ResBlock, Upsample, group_norm
+from .layers import Downsample, GroupNorm, ResBlock, Upsample
 
 RECON_LOSSES = ("mse", "l1")
 REDUCTIONS = ("sum", "mean")
@@ -119,12 +119,12 @@ class Encoder(nn.Module):
             ch = out
         self.down = nn.Sequential(*layers)
         self.mid = ResBlock(ch, ch)
-        self.norm_out = group_norm(ch)
+        self.norm_out = GroupNorm(ch, act=True)
         self.conv_out = nn.Conv2d(ch, 2 * cfg.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.down(self.conv_in(x)))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h))
 
 
 class Decoder(nn.Module):
@@ -143,13 +143,13 @@ class Decoder(nn.Module):
             layers.append(Upsample(ch, out))
             ch = out
         self.up = nn.Sequential(*layers)
-        self.norm_out = group_norm(ch)
+        self.norm_out = GroupNorm(ch, act=True)
         # the image layer: no norm, dropout or activation after it, so x_hat can be any value
         self.conv_out = nn.Conv2d(ch, cfg.out_channels or cfg.in_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.up(self.mid(self.conv_in(z)))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h))
 
 
 class VAE(nn.Module):

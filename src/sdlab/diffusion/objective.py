@@ -62,7 +62,7 @@ def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, cfg: Diffus
     b = x0.shape[0]
     if t is None:
         t = torch.randint(0, schedule.num_timesteps, (b,), device=x0.device, generator=generator)
-    eps = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+    eps = torch.empty_like(x0).normal_(generator=generator)          # in x0's memory format
     xt = schedule.q_sample(x0, t, eps)
     target = {"eps": eps, "v": schedule.v_target(x0, t, eps), "x0": x0}[cfg.prediction]
     per_image = (model(xt, t, labels).float() - target).pow(2).flatten(1).mean(1)    # (B,)

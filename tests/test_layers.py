@@ -1,0 +1,59 @@
+"""The CPU fast paths in sdlab.layers compute exactly what the plain PyTorch ops compute."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sdlab.layers import Attention, Dropout, GroupNorm, GroupNormNHWC, is_channels_last
+from sdlab.trainer import fused_optimizer, memory_format
+
+NHWC = torch.channels_last
+
+
+@pytest.mark.parametrize("act", [True, False])
+def test_nhwc_group_norm_matches_the_native_one_in_value_and_gradient(act):
+    torch.manual_seed(0)
+    x = (torch.randn(3, 8, 5, 5, dtype=torch.float64) * 2 + 3).contiguous(memory_format=NHWC).requires_grad_()
+    weight = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    ours = lambda x, w, b: GroupNormNHWC.apply(x, w, b, 4, 1e-6, act)
+    torch.autograd.gradcheck(ours, (x, weight, bias))                    # the hand-written backward
+    native = F.group_norm(x, 4, weight, bias, 1e-6)
+    native = F.silu(native) if act else native
+    torch.testing.assert_close(ours(x, weight, bias), native)
+
+
+def test_bf16_nhwc_group_norm_is_as_accurate_as_the_native_kernel():
+    torch.manual_seed(0)
+    norm = GroupNorm(64, act=True)
+    torch.nn.init.normal_(norm.weight, 1.0, 0.3)
+    x = (torch.randn(4, 64, 8, 8) * 3 + 5).to(torch.bfloat16).contiguous(memory_format=NHWC)
+    exact = F.silu(F.group_norm(x.double(), norm.num_groups, norm.weight.double(), norm.bias.double(), 1e-6))
+    native = F.silu(F.group_norm(x.contiguous(), norm.num_groups, norm.weight, norm.bias, 1e-6))
+    ours = norm(x)                                            # channels-last bf16: the NHWC path
+    assert ours.dtype == torch.bfloat16 and is_channels_last(ours)
+    err = lambda y: (y.double() - exact).abs().max().item()
+    assert err(ours) < 2 * err(native) + 1e-3 and err(ours) < 0.05   # a bf16 rounding, not a bias
+
+
+def test_dropout_keeps_the_layout_and_rate_of_a_channels_last_input():
+    torch.manual_seed(0)
+    x = torch.ones(64, 32, 16, 16).contiguous(memory_format=NHWC)
+    y = Dropout(0.25)(x)
+    assert is_channels_last(y)
+    assert (y == 0).float().mean().item() == pytest.approx(0.25, abs=0.005)
+    assert y.mean().item() == pytest.approx(1.0, abs=0.01)
+
+
+def test_attention_gives_the_same_output_in_both_layouts():
+    torch.manual_seed(0)
+    attn = Attention(16, heads=2)
+    x = torch.randn(2, 16, 4, 4)
+    torch.testing.assert_close(attn(x.contiguous(memory_format=NHWC)), attn(x))
+
+
+def test_memory_format_and_fused_optimizer_choices():
+    cpu = torch.device("cpu")
+    assert memory_format(cpu, 32) == NHWC and memory_format(cpu, 8) == torch.contiguous_format
+    assert memory_format(torch.device("cuda"), 32) == torch.contiguous_format
+    assert fused_optimizer(torch.nn.Linear(2, 2))
