@@ -1,5 +1,6 @@
 """VAE training throughput in fp32 and bf16 autocast: forward + loss + backward + AdamW step on a
-random batch, median images/s over timed steps after warm-up.
+random batch in the memory format the trainer uses on CPU, median images/s over timed steps
+after warm-up.
 
     python bench/vae_throughput.py [--batch 128] [--steps 5] [--threads 2]
 """
@@ -11,6 +12,7 @@ import argparse
 import torch
 from timing import images_per_second, training_step
 
+from sdlab.trainer import memory_format
 from sdlab.vae import VAE, VAEConfig, VAELossConfig, vae_loss
 
 CONFIGS = {
@@ -27,11 +29,12 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    x = torch.rand(args.batch, 3, 32, 32) * 2 - 1
+    fmt = memory_format(torch.device("cpu"), 32)
+    x = (torch.rand(args.batch, 3, 32, 32) * 2 - 1).contiguous(memory_format=fmt)
     for name, cfg in CONFIGS.items():
         for precision in ("fp32", "bf16"):
             torch.manual_seed(0)
-            vae = VAE(cfg)
+            vae = VAE(cfg).to(memory_format=fmt)
             step = training_step(vae, lambda: vae_loss(vae, x, VAELossConfig())["loss"], precision)
             rate = images_per_second(step, args.batch, args.steps, args.warmup)
             params = sum(p.numel() for p in vae.parameters()) / 1e6
