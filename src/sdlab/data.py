@@ -311,20 +311,22 @@ class BatchLoader:
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         flips = torch.rand(n, generator=g) < 0.5
         for b in range(start_batch, len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            x = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
-            x = to_unit_range(x) if x.dtype == torch.uint8 else x
+            x, y = self._gather(order[b * self.batch_size:(b + 1) * self.batch_size])
             if self.hflip:
                 flip = flips[b * self.batch_size:(b + 1) * self.batch_size].to(self.device)
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            yield x, self.labels[idx.to(self.labels.device)].to(self.device, non_blocking=True)
+            yield x, y
 
     def spread(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`n` images evenly spaced through the set (every class of a sorted folder shows up),
         unflipped, as (images in [-1, 1] (float sets as stored), labels) on the device."""
-        idx = torch.linspace(0, self.images.shape[0] - 1, min(n, self.images.shape[0])).round().long()
-        x = self.images[idx.to(self.images.device)].to(self.device)
-        return (to_unit_range(x) if x.dtype == torch.uint8 else x), self.labels[idx.to(self.labels.device)].to(self.device)
+        return self._gather(torch.linspace(0, self.images.shape[0] - 1, min(n, self.images.shape[0])).round().long())
+
+    def _gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images `idx` on the device (uint8 -> [-1, 1]; float sets as stored) and their labels."""
+        x = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
+        y = self.labels[idx.to(self.labels.device)].to(self.device, non_blocking=True)
+        return (to_unit_range(x) if x.dtype == torch.uint8 else x), y
 
     def __iter__(self):
         return self.epoch(0)

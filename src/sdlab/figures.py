@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .diffusion import NoiseSchedule, diffusion_loss
 from .visualize import plot_bars, plot_history, save_figure, save_grid, save_labelled_rows
 
 
@@ -147,7 +148,6 @@ def schedules(path: str | Path, num_timesteps: int = 1000) -> Path:
     """ᾱ_t and log-SNR of the linear and cosine schedules."""
     import matplotlib.pyplot as plt
 
-    from .diffusion.schedule import NoiseSchedule
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for kind in ("linear", "cosine"):
         s = NoiseSchedule.create(kind, num_timesteps)
@@ -166,8 +166,6 @@ def schedules(path: str | Path, num_timesteps: int = 1000) -> Path:
 def loss_by_timestep(model, schedule, cfg, images: torch.Tensor, path: str | Path,
                      buckets: int = 10, labels: torch.Tensor | None = None) -> tuple[Path, list[float]]:
     """Validation L_simple in `buckets` equal ranges of t (fixed noise and timesteps)."""
-    from .diffusion.objective import diffusion_loss
-
     T = schedule.num_timesteps
     g = torch.Generator(images.device).manual_seed(0)
     values, names = [], []

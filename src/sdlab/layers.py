@@ -1,10 +1,13 @@
-"""Blocks shared by the VAE and the U-Net: residual block, self-attention, down/up sampling.
+"""Blocks shared by the VAE and the U-Net: GroupNorm, dropout, residual block, self-attention,
+down/up sampling (GroupNorm and dropout with fast paths for channels-last CPU tensors).
 
 Shapes are (B, C, H, W) throughout. References: DDPM's U-Net (arXiv:2006.11239, App. B), the
 Stable Diffusion autoencoder (LDM, arXiv:2112.10752).
 """
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +49,13 @@ def is_channels_last(x: torch.Tensor) -> bool:
 
 
 def _per_channel(v: torch.Tensor, channels: int) -> torch.Tensor:
-    """(B, G) group values -> (B, C, 1, 1), each group's value repeated over its channels."""
-    return v.repeat_interleave(channels // v.shape[1], 1)[:, :, None, None]
+    """(B, G) group values -> (B, C), each group's value repeated over its channels."""
+    return v.repeat_interleave(channels // v.shape[1], 1)
+
+
+def _spatial(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B, C) -> (B, C, 1, 1) in `like`'s dtype, to broadcast over H and W."""
+    return v[:, :, None, None].to(like.dtype)
 
 
 def _channel_sums(x: torch.Tensor, groups: int | None = None) -> torch.Tensor:
@@ -74,30 +82,29 @@ class GroupNormNHWC(torch.autograd.Function):
         channels = x.shape[1]
         n = x[0, 0].numel() * (channels // groups)
         m0 = _channel_sums(x, groups) / n                                       # (B, G)
-        xc = x - _per_channel(m0, channels).to(x.dtype)
+        xc = x - _spatial(_per_channel(m0, channels), x)
         delta = _channel_sums(xc, groups) / n
         var = _channel_sums(xc.square(), groups) / n - delta.square()
         rstd = (var.clamp_min(0) + eps).rsqrt()
-        scale = _per_channel(rstd, channels) * weight[:, None, None]             # (B, C, 1, 1)
-        shift = bias[:, None, None] - _per_channel(delta, channels) * scale
-        y = torch.addcmul(shift.to(x.dtype), xc, scale.to(x.dtype))
-        ctx.save_for_backward(xc, y if act else None, weight, delta, rstd)
+        scale = _per_channel(rstd, channels) * weight                            # (B, C): gamma r
+        shift = bias - _per_channel(delta, channels) * scale
+        y = torch.addcmul(_spatial(shift, x), xc, _spatial(scale, x))
+        ctx.save_for_backward(xc, y if act else None, weight, scale, delta, rstd)
         ctx.groups, ctx.n, ctx.act = groups, n, act
         return F.silu(y) if act else y
 
     @staticmethod
     def backward(ctx, grad_out):
-        xc, y, weight, delta, rstd = ctx.saved_tensors
+        xc, y, weight, scale, delta, rstd = ctx.saved_tensors
         batch, channels = xc.shape[:2]
         g = torch.ops.aten.silu_backward(grad_out, y) if ctx.act else grad_out   # dL/dy
         sum_g = _channel_sums(g)                                                 # (B, C)
-        sum_g_xhat = (_channel_sums(g * xc) - sum_g * _per_channel(delta, channels)[:, :, 0, 0]) \
-            * _per_channel(rstd, channels)[:, :, 0, 0]
+        sum_g_xhat = (_channel_sums(g * xc) - sum_g * _per_channel(delta, channels)) * _per_channel(rstd, channels)
         per_group = lambda s: (s * weight).view(batch, ctx.groups, -1).sum(2)   # (B, G)
         k1 = -rstd.square() * per_group(sum_g_xhat) / ctx.n                      # coefficient of xc
         k2 = -rstd * per_group(sum_g) / ctx.n - k1 * delta                       # constant term
-        grad_x = torch.addcmul(_per_channel(k2, channels).to(g.dtype), xc, _per_channel(k1, channels).to(g.dtype))
-        grad_x.addcmul_(g, (_per_channel(rstd, channels) * weight[:, None, None]).to(g.dtype))
+        grad_x = torch.addcmul(_spatial(_per_channel(k2, channels), g), xc, _spatial(_per_channel(k1, channels), g))
+        grad_x.addcmul_(g, _spatial(scale, g))
         return grad_x, sum_g_xhat.sum(0), sum_g.sum(0), None, None, None
 
 
@@ -186,10 +193,8 @@ class Attention(nn.Module):
         tokens = self.norm(x).flatten(2).transpose(1, 2)                       # (B, HW, C)
         qkv = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias)      # (B, HW, 3C)
         q, k, v = qkv.view(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        if q.device.type == "cpu" and q.dtype == torch.bfloat16:               # each (B, heads, HW, C/heads)
-            with sdpa_kernel(SDPBackend.MATH):
-                a = F.scaled_dot_product_attention(q, k, v)
-        else:
+        math_kernel = q.device.type == "cpu" and q.dtype == torch.bfloat16      # each (B, heads, HW, C/heads)
+        with sdpa_kernel(SDPBackend.MATH) if math_kernel else nullcontext():
             a = F.scaled_dot_product_attention(q, k, v)
         a = F.linear(a.transpose(1, 2).reshape(b, h * w, c), self.out.weight.flatten(1), self.out.bias)
         return x + a.transpose(1, 2).view(b, c, h, w)

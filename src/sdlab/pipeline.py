@@ -24,16 +24,30 @@ from .unet import UNet, UNetConfig
 from .vae import VAE, VAEConfig
 
 
-def load_vae(path: str, device: torch.device) -> tuple[VAE, dict]:
-    """(VAE with EMA weights if present, stored config) from a train_vae.py checkpoint."""
+KINDS = {"vae": ("VAE", "train_vae.py"), "diffusion": ("diffusion", "train_diffusion.py")}
+
+
+def load_trained(path: str, device: torch.device, kind: str) -> dict:
+    """A checkpoint of `kind` (a key of KINDS), read once; CheckpointError naming the script if not."""
     state = load_checkpoint(path, device)
-    config = state.get("config", {})
-    if config.get("kind") != "vae":
-        raise CheckpointError(f"{path} is not a VAE checkpoint (kind {config.get('kind')!r}); "
-                              "train one with train_vae.py")
-    vae = VAE(from_stored(VAEConfig, config["vae"]))
-    vae.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
-    return vae.to(device).eval().requires_grad_(False), config
+    found = state.get("config", {}).get("kind")
+    if found != kind:
+        name, script = KINDS[kind]
+        raise CheckpointError(f"{path} is not a {name} checkpoint (kind {found!r}); train one with {script}")
+    return state
+
+
+def trained_weights(state: dict) -> dict:
+    """The EMA weights when the checkpoint has them, else the raw model weights."""
+    return state["ema"] if state.get("ema") is not None else state["model"]
+
+
+def load_vae(path: str, device: torch.device) -> tuple[VAE, dict]:
+    """(frozen VAE with EMA weights if present, the whole checkpoint) from a train_vae.py file."""
+    state = load_trained(path, device, "vae")
+    vae = VAE(from_stored(VAEConfig, state["config"]["vae"]))
+    vae.load_state_dict(trained_weights(state))
+    return vae.to(device).eval().requires_grad_(False), state
 
 
 @dataclass
@@ -49,13 +63,10 @@ class DiffusionPipeline:
     @classmethod
     def from_checkpoint(cls, path: str, device: torch.device) -> "DiffusionPipeline":
         """Rebuild U-Net (EMA weights when present), schedule and, for latent models, the VAE."""
-        state = load_checkpoint(path, device)
-        config = state.get("config", {})
-        if config.get("kind") != "diffusion":
-            raise CheckpointError(f"{path} is not a diffusion checkpoint (kind {config.get('kind')!r}); "
-                                  "train one with train_diffusion.py")
+        state = load_trained(path, device, "diffusion")
+        config = state["config"]
         model = UNet(from_stored(UNetConfig, config["unet"])).to(device)
-        model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+        model.load_state_dict(trained_weights(state))
         latent = config.get("latent_vae") or {}
         vae = load_vae(latent["vae_checkpoint"], device)[0] if latent else None
         return cls(model.eval(), DiffusionConfig(**config["diffusion"]).make_schedule().to(device),

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import torch
 
-from ..data import BatchLoader, DATASETS, load_splits
+from ..data import BatchLoader, load_splits
 from ..diffusion import nll_bits_per_dim
 from ..pipeline import DiffusionPipeline
-from ..trainer import DEVICES, pick_device
-from .flags import Parser
-from .session import stored_data_config, user_errors
+from ..trainer import pick_device
+from .session import eval_parser, stored_data_config, user_errors
 
 
 def stratified_timesteps(num_timesteps: int, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -33,16 +32,10 @@ def stratified_timesteps(num_timesteps: int, k: int, generator: torch.Generator)
 
 @user_errors
 def main(argv=None) -> None:
-    parser = Parser(prog="sdlab-eval-diffusion", description="Bits/dim of a diffusion checkpoint.")
-    parser.add_argument("checkpoint")
-    parser.add_argument("--dataset", choices=DATASETS, default=None, help="default: the training dataset")
-    parser.add_argument("--data-dir", default=None, help="default: the training data dir")
+    parser = eval_parser("sdlab-eval-diffusion", "Bits/dim of a diffusion checkpoint.", "eval_diffusion.json")
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--timesteps", type=int, default=0, help="stratified KL terms (0: all T - 1)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", choices=DEVICES, default="auto")
-    parser.add_argument("--out", default=None, help="JSON (default: eval_diffusion.json beside the checkpoint)")
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     pipe = DiffusionPipeline.from_checkpoint(args.checkpoint, device)

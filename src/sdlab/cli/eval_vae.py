@@ -18,15 +18,13 @@ from pathlib import Path
 
 import torch
 
-from ..data import BatchLoader, DATASETS, load_splits
-from ..likelihood import bits_per_dim, discretized_gaussian_log_likelihood
-from ..trainer import DEVICES, pick_device
-from ..checkpoint import load_checkpoint
+from ..data import BatchLoader, load_splits
 from ..figures import vae_figures
+from ..likelihood import bits_per_dim, discretized_gaussian_log_likelihood
 from ..pipeline import load_vae
+from ..trainer import pick_device
 from ..vae import VAE, psnr
-from .flags import Parser
-from .session import stored_data_config, user_errors
+from .session import eval_parser, stored_data_config, user_errors
 
 
 @torch.no_grad()
@@ -71,20 +69,15 @@ def evaluate_vae(vae: VAE, test: BatchLoader, sigma: float, generator: torch.Gen
 
 @user_errors
 def main(argv=None) -> None:
-    parser = Parser(prog="sdlab-eval-vae", description="Evaluate a VAE checkpoint on the test split.")
-    parser.add_argument("checkpoint")
-    parser.add_argument("--dataset", choices=DATASETS, default=None, help="default: the training dataset")
-    parser.add_argument("--data-dir", default=None, help="default: the training data dir")
+    parser = eval_parser("sdlab-eval-vae", "Evaluate a VAE checkpoint on the test split.", "eval_vae.json")
     parser.add_argument("--num-images", type=int, default=0, help="test images to use (0: all)")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", choices=DEVICES, default="auto")
-    parser.add_argument("--out", default=None, help="JSON file (default: eval_vae.json beside the checkpoint)")
     parser.add_argument("--figures", default=None, metavar="DIR",
                         help="also write the VAE figures (loss curves, reconstructions, ...) into DIR")
     args = parser.parse_args(argv)
     device = pick_device(args.device)
-    vae, config = load_vae(args.checkpoint, device)
+    vae, state = load_vae(args.checkpoint, device)
+    config = state["config"]
     data_cfg = stored_data_config(config, args.dataset, args.data_dir)
     splits = load_splits(data_cfg, seed=config["train"]["seed"])
     train = BatchLoader(splits.train, args.batch_size, shuffle=True, hflip=False, drop_last=False,
@@ -102,8 +95,7 @@ def main(argv=None) -> None:
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
     if args.figures:
-        history = load_checkpoint(args.checkpoint)["history"]
-        vae_figures(vae, history, test.spread(256)[0], args.figures)
+        vae_figures(vae, state["history"], test.spread(256)[0], args.figures)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ import torch
 
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..config import ConfigError
-from ..data import BatchLoader, DataConfig, DataError, Splits, load_splits
-from ..trainer import TrainConfig, Trainer, TrainingStopped, pick_device
+from ..data import DATASETS, BatchLoader, DataConfig, DataError, Splits, load_splits
+from ..trainer import DEVICES, TrainConfig, Trainer, TrainingStopped, pick_device
 from .flags import Parser, add_config_flags, config_dict, flag_name, print_error_and_exit
 
 # The original repo's flag names, kept as aliases of the shared flags.
@@ -89,6 +89,18 @@ def stored_data_config(config: dict, dataset: str | None, data_dir: str | None) 
     stored = dict(config["data"])
     stored.update({k: v for k, v in (("dataset", dataset), ("data_dir", data_dir)) if v})
     return DataConfig(**stored)
+
+
+def eval_parser(prog: str, description: str, json_name: str) -> Parser:
+    """A parser with the flags every checkpoint-evaluation command has."""
+    parser = Parser(prog=prog, description=description)
+    parser.add_argument("checkpoint")
+    parser.add_argument("--dataset", choices=DATASETS, default=None, help="default: the training dataset")
+    parser.add_argument("--data-dir", default=None, help="default: the training data dir")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--out", default=None, help=f"JSON file (default: {json_name} beside the checkpoint)")
+    return parser
 
 
 def build_loaders(data: DataConfig, train: TrainConfig, device: torch.device,

@@ -99,7 +99,7 @@ def latent_splits(configs: dict, splits: Splits, device: torch.device) -> tuple[
     U-Net's latent geometry (attention resolutions divided by the VAE's downsampling factor),
     "info": what the checkpoint stores, "vae": the frozen VAE}."""
     latent_cfg, train_cfg = configs["latent"], configs["train"]
-    vae, vae_config = load_vae(latent_cfg.vae_checkpoint, device)
+    vae, vae_state = load_vae(latent_cfg.vae_checkpoint, device)
     train, test, scale = encode_splits(vae, latent_cfg.vae_checkpoint, splits.train, splits.test,
                                        device, cache_dir=train_cfg.save_dir)
     f = vae.cfg.downsampling
@@ -109,7 +109,7 @@ def latent_splits(configs: dict, splits: Splits, device: torch.device) -> tuple[
     geometry = {"in_channels": train.channels, "image_size": train.images.shape[-1],
                 "attention_resolutions": tuple(max(r // f, 1) for r in unet.attention_resolutions)}
     info = {"vae_checkpoint": str(Path(latent_cfg.vae_checkpoint).resolve()), "scale_factor": scale,
-            "downsampling": f, "vae_image_size": vae_config["data"]["image_size"]}
+            "downsampling": f, "vae_image_size": vae_state["config"]["data"]["image_size"]}
     return Splits(train, test), {"geometry": geometry, "info": info, "vae": vae}
 
 
