@@ -20,7 +20,7 @@ class GroupNorm(nn.GroupNorm):
 
     Up to 32 groups of at least 4 channels (32 groups at 128+ channels); eps 1e-6.
 
-    On CPU, bf16 convolutions are 2-5x faster channels-last (NHWC) than NCHW, but torch 2.14's
+    On CPU, bf16 convolutions are about 2x faster channels-last (NHWC) than NCHW, but torch 2.14's
     native channels-last bf16 GroupNorm is several times slower than its NCHW kernel (backward
     above all). That one case goes through `GroupNormNHWC`, which the same few vectorised tensor
     ops compute in any layout; everything else uses the native kernel.

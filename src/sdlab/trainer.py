@@ -113,10 +113,10 @@ def pick_device(name: str) -> torch.device:
 def memory_format(device: torch.device, image_size: int) -> torch.memory_format:
     """Channels-last (NHWC) on CPU for inputs of 16x16 and up, contiguous (NCHW) otherwise.
 
-    On the 2-core AVX-512/AMX CPU, oneDNN's convolutions on 32x32 maps run 2-5x faster NHWC than
-    NCHW in bf16 and about 20% faster in fp32 (layers.GroupNorm replaces the slow NHWC bf16
-    GroupNorm), and a whole bf16 U-Net step about 20% faster (bench/unet_vs_diffusers.py). On 8x8
-    latents per-op overhead dominates and NCHW steps were 5-10% faster. GPUs keep PyTorch's default.
+    On the 2-core AVX-512/AMX CPU, oneDNN's bf16 convolutions on 32x32 maps run about 2x faster
+    NHWC than NCHW (bench/cpu_kernels.py; layers.GroupNorm replaces the slow NHWC bf16 GroupNorm),
+    and whole U-Net steps gain too (bench/unet_vs_diffusers.py). On 8x8 latents per-op overhead
+    dominates and NCHW steps were 5-10% faster. GPUs keep PyTorch's default.
     """
     return torch.channels_last if device.type == "cpu" and image_size >= 16 else torch.contiguous_format
 
@@ -125,7 +125,8 @@ def fused_optimizer(model: nn.Module) -> bool:
     """Whether Adam/AdamW can use torch's fused kernel (one pass over all parameters) for `model`.
 
     It exists for floating-point parameters on CPU and CUDA; on 2 cores it takes the optimizer
-    step of the 4.4M-parameter U-Net from 10.8 ms (the default foreach kernel) to 2.2 ms.
+    step of the 4.4M-parameter U-Net from 13.4 ms (the default foreach kernel) to 2.6 ms
+    (bench/cpu_kernels.py).
     """
     return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
 
