@@ -4,6 +4,8 @@ Median milliseconds of forward + backward (or one optimizer step) on random tens
     conv       3x3 conv 64->64 on 64x64x32x32 bf16, NCHW vs NHWC       (trainer.memory_format)
     groupnorm  GroupNorm + SiLU in bf16: native NCHW, native NHWC, ours  (layers.GroupNormNHWC)
     adamw      one AdamW step of the cpu U-Net, foreach vs fused          (trainer.fused_optimizer)
+    attention  self-attention over 256 tokens of 256 channels (ddpm-cifar10 at 16x16), bf16:
+               SDPA default kernel, SDPA math kernel, two matmuls      (layers.attention_matmuls)
     tiny conv  3x3 conv 128->128 at 2x2 bf16, the latent U-Net's last level
 and the U-Net's forward + backward GFLOP per image on pixels (3x32x32) and latents (4x8x8).
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from contextlib import nullcontext
 import statistics
 import time
 
@@ -21,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from sdlab.layers import GroupNorm
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from sdlab.layers import GroupNorm, attention_matmuls
 from sdlab.unet import PRESETS, UNet, UNetConfig
 
 NHWC = torch.channels_last
@@ -55,6 +60,23 @@ def group_norm_ms(shape, fmt: torch.memory_format, ours: bool) -> float:
     return median_ms(lambda: native().backward(grad))
 
 
+def attention_ms(kind: str, batch: int = 64, tokens: int = 256, channels: int = 256) -> float:
+    """q, k, v laid out as Attention makes them: views of one (B, N, 3C) projection."""
+    qkv = torch.randn(batch, tokens, 3 * channels).to(torch.bfloat16).requires_grad_()
+    grad = torch.randn(batch, 1, tokens, channels).to(torch.bfloat16)
+
+    def step():
+        q, k, v = qkv.view(batch, tokens, 3, 1, channels).permute(2, 0, 3, 1, 4).unbind(0)
+        if kind == "matmuls":
+            out = attention_matmuls(q, k, v)
+        else:
+            with sdpa_kernel(SDPBackend.MATH) if kind == "math" else nullcontext():
+                out = F.scaled_dot_product_attention(q, k, v)
+        out.backward(grad)
+
+    return median_ms(step, repeats=7)
+
+
 def adamw_ms(fused: bool) -> float:
     model = UNet(UNetConfig(**PRESETS["cpu"]))
     for p in model.parameters():
@@ -85,6 +107,9 @@ def main():
         ours = group_norm_ms(shape, NHWC, ours=True)
         print(f"GroupNorm + SiLU {'x'.join(map(str, shape))} bf16: native NCHW {native_nchw:.2f}, "
               f"native NHWC {native_nhwc:.2f}, GroupNormNHWC {ours:.2f}")
+    times = {kind: attention_ms(kind) for kind in ("default", "math", "matmuls")}
+    print("attention, 64 x 256 tokens x 256 channels bf16: " + ", ".join(f"SDPA {k} {v:.2f}" if k != "matmuls"
+          else f"attention_matmuls {v:.2f}" for k, v in times.items()))
     print(f"AdamW step, cpu U-Net (4.44M): foreach {adamw_ms(False):.2f}, fused {adamw_ms(True):.2f}")
     print(f"conv 3x3 128->128, 64x128x2x2 bf16: {conv_ms((64, 128, 2, 2), 128, torch.contiguous_format):.2f}")
     pixel = UNetConfig(**PRESETS["cpu"])

@@ -2,16 +2,20 @@
 
 Pixel: the `cpu` U-Net preset on 3x32x32 images. Latent: the same widths, levels and blocks on
 4x8x8 VAE latents (attention resolutions divided by the VAE's factor 4). Reports training
-images/s (forward, loss, backward, AdamW step; median over timed steps) and the time to sample
-64 images with DDIM-50 (the latent one including the VAE decoder), and writes a bar chart.
+images/s (forward, loss, backward, AdamW step; median over timed steps) at each batch size, both
+sides at the same batch, alternating pixel and latent in rounds so a slow spell of the machine
+hits both; then the time to sample 64 images with DDIM-50 (the latent one including the VAE
+decoder), and writes a bar chart. Small latent maps leave the CPU underused at small batches,
+so the saving grows with the batch; the last line compares each side at its cheapest batch.
 
-    python bench/latent_vs_pixel.py [--precision bf16] [--out docs/figures/pixel_vs_latent_cost.png]
+    python bench/latent_vs_pixel.py [--precision bf16] [--batches 64 128 256] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import time
 
 import torch
@@ -25,14 +29,13 @@ from sdlab.vae import VAE, VAEConfig
 from sdlab.visualize import plot_bars
 
 
-def train_rate(model, shape, precision, batch, steps, warmup=2) -> float:
-    """Training images/s, in the memory format the trainer uses on CPU."""
+def train_step(model, shape, precision, batch):
+    """A training step on a fixed random batch, in the memory format the trainer uses on CPU."""
     fmt = memory_format(torch.device("cpu"), shape[-1])
     model.to(memory_format=fmt)
     schedule = DiffusionConfig().make_schedule()
     x = torch.randn(batch, *shape).contiguous(memory_format=fmt)
-    step = training_step(model, lambda: diffusion_loss(model, schedule, x, DiffusionConfig())["loss"], precision)
-    return images_per_second(step, batch, steps, warmup)
+    return training_step(model, lambda: diffusion_loss(model, schedule, x, DiffusionConfig())["loss"], precision)
 
 
 def sample_seconds(pipe, precision, num=64, steps=50) -> float:
@@ -46,8 +49,9 @@ def sample_seconds(pipe, precision, num=64, steps=50) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batches", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per side, batch and round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="docs/figures/pixel_vs_latent_cost.png")
     args = parser.parse_args()
@@ -56,22 +60,35 @@ def main():
     pixel_cfg = UNetConfig(**PRESETS["cpu"])
     latent_cfg = dataclasses.replace(pixel_cfg, in_channels=4, image_size=8,
                                      attention_resolutions=tuple(r // 4 for r in pixel_cfg.attention_resolutions))
-    pixel, latent = UNet(pixel_cfg), UNet(latent_cfg)
-    vae = VAE(VAEConfig(base_channels=32)).eval()
+    models = {"pixel": (UNet(pixel_cfg), (3, 32, 32)), "latent": (UNet(latent_cfg), (4, 8, 8))}
+    print(f"U-Net preset cpu, {args.precision}, {args.threads} threads, torch {torch.__version__}; "
+          f"training ms/img, median of {args.rounds} rounds of {args.steps} steps")
+    ms = {}
+    for batch in args.batches:
+        steps = {kind: train_step(model, shape, args.precision, batch) for kind, (model, shape) in models.items()}
+        rounds = {kind: [] for kind in models}
+        for r in range(args.rounds):
+            for kind, step in steps.items():
+                rounds[kind].append(1000 / images_per_second(step, batch, args.steps, 2 if r == 0 else 1))
+        ratios = [p / q for p, q in zip(rounds["pixel"], rounds["latent"])]
+        ms[batch] = {kind: statistics.median(v) for kind, v in rounds.items()}
+        print(f"batch {batch:>4}: pixel {ms[batch]['pixel']:.2f} ms/img, latent {ms[batch]['latent']:.2f} ms/img, "
+              f"latent {statistics.median(ratios):.1f}x cheaper ({', '.join(f'{q:.1f}' for q in ratios)})", flush=True)
+    best = {kind: min(args.batches, key=lambda b: ms[b][kind]) for kind in models}
+    print(f"each at its cheapest batch: pixel {ms[best['pixel']]['pixel']:.2f} ms/img (batch {best['pixel']}), "
+          f"latent {ms[best['latent']]['latent']:.2f} ms/img (batch {best['latent']}), latent "
+          f"{ms[best['pixel']]['pixel'] / ms[best['latent']]['latent']:.1f}x cheaper")
     schedule = DiffusionConfig().make_schedule()
-    rates = {"pixel": train_rate(pixel, (3, 32, 32), args.precision, args.batch, args.steps),
-             "latent": train_rate(latent, (4, 8, 8), args.precision, args.batch, args.steps)}
-    seconds = {"pixel": sample_seconds(DiffusionPipeline(pixel.eval(), schedule), args.precision),
-               "latent": sample_seconds(DiffusionPipeline(latent.eval(), schedule, vae=vae), args.precision)}
-    print(f"U-Net preset cpu, {args.precision}, batch {args.batch}, {args.threads} threads, torch {torch.__version__}")
-    for kind in ("pixel", "latent"):
-        print(f"{kind:>6}: train {rates[kind]:.1f} img/s ({1000 / rates[kind]:.2f} ms/img); "
-              f"DDIM-50 x 64 images {seconds[kind]:.1f} s")
-    print(f"latent is {rates['latent'] / rates['pixel']:.1f}x cheaper to train per image and "
-          f"{seconds['pixel'] / seconds['latent']:.1f}x faster to sample")
-    plot_bars(["train ms/img pixel", "train ms/img latent", "DDIM-50 s pixel", "DDIM-50 s latent"],
-              [1000 / rates["pixel"], 1000 / rates["latent"], seconds["pixel"], seconds["latent"]],
-              args.out, "cost", title=f"pixel (3x32x32) vs latent (4x8x8) diffusion, same U-Net, {args.precision}")
+    vae = VAE(VAEConfig(base_channels=32)).eval()
+    seconds = {"pixel": sample_seconds(DiffusionPipeline(models["pixel"][0].eval(), schedule), args.precision),
+               "latent": sample_seconds(DiffusionPipeline(models["latent"][0].eval(), schedule, vae=vae), args.precision)}
+    print(f"DDIM-50 x 64 images: pixel {seconds['pixel']:.1f} s, latent {seconds['latent']:.1f} s "
+          f"({seconds['pixel'] / seconds['latent']:.1f}x faster)")
+    names = [f"{kind}\nb{batch}" for batch in args.batches for kind in models]
+    values = [ms[batch][kind] for batch in args.batches for kind in models]
+    plot_bars(names + ["pixel\nDDIM", "latent\nDDIM"], values + [seconds["pixel"], seconds["latent"]], args.out,
+              "train ms/img (batch b) | DDIM-50 s",
+              title=f"pixel (3x32x32) vs latent (4x8x8) diffusion, same U-Net, {args.precision}")
     print(f"wrote {args.out}")
 
 

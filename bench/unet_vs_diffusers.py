@@ -82,6 +82,7 @@ def main():
             for name in names:
                 rates[name].append(images_per_second(steps[name], args.batch, args.steps,
                                                      args.warmup if r == 0 else 1))
+        print(f"{precision} img/s per round: " + "; ".join(f"{k} {[round(v, 1) for v in vs]}" for k, vs in rates.items()))
         parts = []
         for name in names[1:]:
             ratios = [a / b for a, b in zip(rates["sdlab"], rates[name])]

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sdlab.layers import Attention, Dropout, GroupNorm, GroupNormNHWC, is_channels_last
+from sdlab.layers import Attention, Dropout, GroupNorm, GroupNormNHWC, attention_matmuls, is_channels_last
 from sdlab.trainer import fused_optimizer, memory_format
 
 NHWC = torch.channels_last
@@ -50,6 +50,23 @@ def test_attention_gives_the_same_output_in_both_layouts():
     attn = Attention(16, heads=2)
     x = torch.randn(2, 16, 4, 4)
     torch.testing.assert_close(attn(x.contiguous(memory_format=NHWC)), attn(x))
+
+
+def test_attention_matmuls_equal_sdpa_in_value_and_gradient():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 10, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    torch.testing.assert_close(attention_matmuls(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    torch.autograd.gradcheck(attention_matmuls, (q, k, v))
+
+
+def test_bf16_cpu_attention_stays_within_bf16_rounding_of_fp32():
+    torch.manual_seed(0)
+    attn = Attention(32, heads=2)
+    x = torch.randn(4, 32, 8, 8).to(torch.bfloat16).contiguous(memory_format=NHWC)
+    with torch.autocast("cpu", torch.bfloat16):                 # the attention_matmuls path
+        fast = attn(x)
+    assert fast.dtype == torch.bfloat16
+    assert (fast.float() - attn(x.float())).abs().max().item() < 0.05
 
 
 def test_memory_format_and_fused_optimizer_choices():

@@ -1,5 +1,5 @@
 """Blocks shared by the VAE and the U-Net: GroupNorm, dropout, residual block, self-attention,
-down/up sampling (GroupNorm and dropout with fast paths for channels-last CPU tensors).
+down/up sampling (GroupNorm, dropout and attention with fast paths for CPU tensors).
 
 Shapes are (B, C, H, W) throughout. References: DDPM's U-Net (arXiv:2006.11239, App. B), the
 Stable Diffusion autoencoder (LDM, arXiv:2112.10752).
@@ -7,12 +7,9 @@ Stable Diffusion autoencoder (LDM, arXiv:2112.10752).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 class GroupNorm(nn.GroupNorm):
@@ -172,9 +169,10 @@ class ResBlock(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention over the H*W positions, with a residual connection.
 
-    Uses F.scaled_dot_product_attention. On CPU in bf16 it forces the math kernel: with
-    torch 2.14 the default (flash) CPU kernel's bf16 backward is several times slower, while in
-    fp32 the default kernel is the faster one.
+    Uses F.scaled_dot_product_attention, except on CPU in bf16: there both of torch 2.14's
+    kernels (default/flash and math) are slower than the same softmax(q k^T / sqrt(d)) v written
+    as two matmuls (`attention_matmuls`), by 1.4-2.6x forward + backward for 64-256 tokens
+    (bench/cpu_kernels.py). In fp32 the default kernel is the fastest.
     """
 
     def __init__(self, channels: int, heads: int = 1):
@@ -193,11 +191,22 @@ class Attention(nn.Module):
         tokens = self.norm(x).flatten(2).transpose(1, 2)                       # (B, HW, C)
         qkv = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias)      # (B, HW, 3C)
         q, k, v = qkv.view(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        math_kernel = q.device.type == "cpu" and q.dtype == torch.bfloat16      # each (B, heads, HW, C/heads)
-        with sdpa_kernel(SDPBackend.MATH) if math_kernel else nullcontext():
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:                # each (B, heads, HW, C/heads)
+            a = attention_matmuls(q, k, v)
+        else:
             a = F.scaled_dot_product_attention(q, k, v)
         a = F.linear(a.transpose(1, 2).reshape(b, h * w, c), self.out.weight.flatten(1), self.out.bias)
         return x + a.transpose(1, 2).view(b, c, h, w)
+
+
+def attention_matmuls(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention softmax(q k^T / sqrt(d)) v (Vaswani et al. 2017, eq. 1).
+
+    q, k, v: (..., N, d). The (..., N, N) weights are materialised, fine for the <= 256 tokens
+    of a 32x32 U-Net; autograd differentiates the two matmuls and the softmax.
+    """
+    weights = torch.matmul(q, k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    return torch.matmul(weights.softmax(-1), v)
 
 
 class Downsample(nn.Module):
