@@ -2,7 +2,7 @@
 
 Median milliseconds of forward + backward (or one optimizer step) on random tensors, 2 threads:
     conv       3x3 conv 64->64 on 64x64x32x32 bf16, NCHW vs NHWC       (trainer.memory_format)
-    groupnorm  GroupNorm + SiLU in bf16: native NCHW, native NHWC, ours  (layers.GroupNormNHWC)
+    groupnorm  GroupNorm + SiLU in bf16: native NCHW, native NHWC, ours  (groupnorm.GroupNormNHWC)
     adamw      one AdamW step of the cpu U-Net, foreach vs fused          (trainer.fused_optimizer)
     attention  self-attention over 256 tokens of 256 channels (ddpm-cifar10 at 16x16), bf16:
                SDPA default kernel, SDPA math kernel, two matmuls      (layers.attention_matmuls)
@@ -26,7 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from sdlab.layers import GroupNorm, attention_matmuls
+from sdlab.groupnorm import GroupNorm
+from sdlab.layers import attention_matmuls
 from sdlab.unet import PRESETS, UNet, UNetConfig
 
 NHWC = torch.channels_last

@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sdlab.layers import Attention, Dropout, GroupNorm, GroupNormNHWC, attention_matmuls, is_channels_last
+from sdlab import groupnorm
+from sdlab.groupnorm import GroupNorm, GroupNormNHWC, is_channels_last
+from sdlab.layers import Attention, Dropout, attention_matmuls
 from sdlab.trainer import fused_optimizer, memory_format
 
 NHWC = torch.channels_last
@@ -34,6 +36,38 @@ def test_bf16_nhwc_group_norm_is_as_accurate_as_the_native_kernel():
     assert ours.dtype == torch.bfloat16 and is_channels_last(ours)
     err = lambda y: (y.double() - exact).abs().max().item()
     assert err(ours) < 2 * err(native) + 1e-3 and err(ours) < 0.05   # a bf16 rounding, not a bias
+
+
+def test_bf16_nhwc_group_norm_gradients_are_as_accurate_as_the_native_kernel():
+    torch.manual_seed(0)
+    x = (torch.randn(4, 64, 8, 8) * 3 + 5).to(torch.bfloat16).contiguous(memory_format=NHWC)
+    weight, bias = torch.randn(64) * 0.3 + 1, torch.randn(64)
+    grad = torch.randn(4, 64, 8, 8)
+
+    def grads(fn, *inputs):
+        inputs = [t.detach().requires_grad_() for t in inputs]
+        fn(*inputs).backward(grad.to(inputs[0].dtype).contiguous(memory_format=NHWC))
+        return [t.grad.double() for t in inputs]
+
+    native = lambda x, w, b: F.silu(F.group_norm(x, 32, w, b, 1e-6))
+    exact = grads(native, x.double(), weight.double(), bias.double())
+    theirs = grads(native, x.contiguous(), weight, bias)               # torch's NCHW bf16 kernel
+    ours = grads(lambda x, w, b: GroupNormNHWC.apply(x, w, b, 32, 1e-6, True), x, weight, bias)
+    for e, t, o in zip(exact, theirs, ours):                           # dx, dgamma, dbeta
+        err = lambda y: ((y - e).norm() / e.norm()).item()
+        assert err(o) < 2 * err(t), (err(o), err(t))
+
+
+def test_fused_kernels_fall_back_to_eager_when_compiling_fails(monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def fail(*args):
+            raise RuntimeError("no C++ compiler")
+        return fail
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    double = groupnorm.fused(lambda x: 2 * x)
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        assert double(torch.ones(3)).tolist() == [2, 2, 2]
+    assert double(torch.ones(2)).tolist() == [2, 2]            # uncompiled from now on, no new warning
 
 
 def test_dropout_keeps_the_layout_and_rate_of_a_channels_last_input():

@@ -1,5 +1,6 @@
 """Blocks shared by the VAE and the U-Net: GroupNorm, dropout, residual block, self-attention,
-down/up sampling (GroupNorm, dropout and attention with fast paths for CPU tensors).
+down/up sampling (dropout and attention with fast paths for CPU tensors; GroupNorm lives in
+groupnorm.py).
 
 Shapes are (B, C, H, W) throughout. References: DDPM's U-Net (arXiv:2006.11239, App. B), the
 Stable Diffusion autoencoder (LDM, arXiv:2112.10752).
@@ -11,98 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class GroupNorm(nn.GroupNorm):
-    """GroupNorm (Wu & He, arXiv:1803.08494, eq. 1-2), optionally followed by SiLU.
-
-    Up to 32 groups of at least 4 channels (32 groups at 128+ channels); eps 1e-6.
-
-    On CPU, bf16 convolutions are about 2x faster channels-last (NHWC) than NCHW, but torch 2.14's
-    native channels-last bf16 GroupNorm is several times slower than its NCHW kernel (backward
-    above all). That one case goes through `GroupNormNHWC`, which the same few vectorised tensor
-    ops compute in any layout; everything else uses the native kernel.
-    """
-
-    def __init__(self, channels: int, act: bool = False):
-        groups = max(1, min(32, channels // 4))
-        while channels % groups:
-            groups -= 1
-        super().__init__(groups, channels, eps=1e-6)
-        self.act = act
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dtype == torch.bfloat16 and is_channels_last(x):
-            return GroupNormNHWC.apply(x, self.weight, self.bias, self.num_groups, self.eps, self.act)
-        y = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-        return F.silu(y) if self.act else y
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + (", act=silu" if self.act else "")
-
-
-def is_channels_last(x: torch.Tensor) -> bool:
-    """True for a 4-D NHWC tensor that is not also NCHW-contiguous (1x1 maps are both)."""
-    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-
-
-def _per_channel(v: torch.Tensor, channels: int) -> torch.Tensor:
-    """(B, G) group values -> (B, C), each group's value repeated over its channels."""
-    return v.repeat_interleave(channels // v.shape[1], 1)
-
-
-def _spatial(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B, C) -> (B, C, 1, 1) in `like`'s dtype, to broadcast over H and W."""
-    return v[:, :, None, None].to(like.dtype)
-
-
-def _channel_sums(x: torch.Tensor, groups: int | None = None) -> torch.Tensor:
-    """Sums over H, W in x's dtype (float32 accumulation inside), as at least float32: (B, C) or (B, G)."""
-    s = x.sum((2, 3))
-    s = s.to(torch.promote_types(s.dtype, torch.float32))
-    return s if groups is None else s.view(s.shape[0], groups, -1).sum(2)
-
-
-class GroupNormNHWC(torch.autograd.Function):
-    """GroupNorm (+ SiLU) from elementwise ops and per-channel sums, with a hand-written backward.
-
-    Forward, per sample b and group g of n = (C/G) H W values:
-        m0 = group mean from bf16-rounded channel sums (only an approximate centre),
-        xc = x - m0, delta = mean(xc), var = mean(xc^2) - delta^2   (centring keeps bf16 sums exact enough)
-        mu = m0 + delta, r = (var + eps)^-1/2, y = gamma * (xc - delta) * r + beta, out = silu(y) or y.
-    Backward, with g = dL/dy and xhat = (xc - delta) r (the standard normalisation gradient):
-        dL/dx = r (gamma g - mean_group(gamma g) - xhat mean_group(gamma g xhat)).
-    Statistics are float32; the big tensors stay in x's dtype and layout.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, groups: int, eps: float, act: bool):
-        channels = x.shape[1]
-        n = x[0, 0].numel() * (channels // groups)
-        m0 = _channel_sums(x, groups) / n                                       # (B, G)
-        xc = x - _spatial(_per_channel(m0, channels), x)
-        delta = _channel_sums(xc, groups) / n
-        var = _channel_sums(xc.square(), groups) / n - delta.square()
-        rstd = (var.clamp_min(0) + eps).rsqrt()
-        scale = _per_channel(rstd, channels) * weight                            # (B, C): gamma r
-        shift = bias - _per_channel(delta, channels) * scale
-        y = torch.addcmul(_spatial(shift, x), xc, _spatial(scale, x))
-        ctx.save_for_backward(xc, y if act else None, weight, scale, delta, rstd)
-        ctx.groups, ctx.n, ctx.act = groups, n, act
-        return F.silu(y) if act else y
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        xc, y, weight, scale, delta, rstd = ctx.saved_tensors
-        batch, channels = xc.shape[:2]
-        g = torch.ops.aten.silu_backward(grad_out, y) if ctx.act else grad_out   # dL/dy
-        sum_g = _channel_sums(g)                                                 # (B, C)
-        sum_g_xhat = (_channel_sums(g * xc) - sum_g * _per_channel(delta, channels)) * _per_channel(rstd, channels)
-        per_group = lambda s: (s * weight).view(batch, ctx.groups, -1).sum(2)   # (B, G)
-        k1 = -rstd.square() * per_group(sum_g_xhat) / ctx.n                      # coefficient of xc
-        k2 = -rstd * per_group(sum_g) / ctx.n - k1 * delta                       # constant term
-        grad_x = torch.addcmul(_spatial(_per_channel(k2, channels), g), xc, _spatial(_per_channel(k1, channels), g))
-        grad_x.addcmul_(g, _spatial(scale, g))
-        return grad_x, sum_g_xhat.sum(0), sum_g.sum(0), None, None, None
+from .groupnorm import GroupNorm, is_channels_last
 
 
 class Dropout(nn.Module):

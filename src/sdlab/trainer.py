@@ -114,7 +114,7 @@ def memory_format(device: torch.device, image_size: int) -> torch.memory_format:
     """Channels-last (NHWC) on CPU for inputs of 16x16 and up, contiguous (NCHW) otherwise.
 
     On the 2-core AVX-512/AMX CPU, oneDNN's bf16 convolutions on 32x32 maps run about 2x faster
-    NHWC than NCHW (bench/cpu_kernels.py; layers.GroupNorm replaces the slow NHWC bf16 GroupNorm),
+    NHWC than NCHW (bench/cpu_kernels.py; groupnorm.GroupNorm replaces the slow NHWC bf16 GroupNorm),
     and whole U-Net steps gain too (bench/unet_vs_diffusers.py). On 8x8 latents per-op overhead
     dominates and NCHW steps were 5-10% faster. GPUs keep PyTorch's default.
     """

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from .config import option, require
-from .layers import Attention, Downsample, GroupNorm, ResBlock, Upsample
+from .groupnorm import GroupNorm
+from .layers import Attention, Downsample, ResBlock, Upsample
 
 PRESETS = {
     # CPU-sized default: 3 levels (32, 16, 8), attention at 8x8 only.

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import option, require, require_choice
-from .layers import Downsample, GroupNorm, ResBlock, Upsample
+from .groupnorm import GroupNorm
+from .layers import Downsample, ResBlock, Upsample
 
 RECON_LOSSES = ("mse", "l1")
 REDUCTIONS = ("sum", "mean")
