@@ -5,9 +5,10 @@ over the channels and H, W, then applies a per-channel affine: y = gamma * xhat 
 
 Why a second path: on CPU, bf16 convolutions are about 2x faster channels-last (NHWC) than NCHW,
 but torch 2.14's native NHWC bf16 GroupNorm backward is about 17x slower than its NCHW one, and
-the same maths from plain tensor ops (one pass over memory per op) was still ~2.5x slower than
-native NCHW. `GroupNormNHWC` writes it as four small elementwise-and-reduce kernels that
-torch.compile fuses, each reading the big tensors once (bench/cpu_kernels.py).
+the same maths from plain tensor ops (one pass over memory per op, ~25 passes) was still 1.7x
+slower than native NCHW. `GroupNormNHWC` writes it as four small elementwise-and-reduce
+functions that torch.compile fuses into kernels reading the big tensors once
+(bench/cpu_kernels.py; BENCHMARKS.md, "U-Net vs Hugging Face diffusers").
 """
 
 from __future__ import annotations
@@ -51,16 +52,19 @@ def is_channels_last(x: torch.Tensor) -> bool:
 def fused(fn):
     """`fn` compiled by torch.compile on first use; `fn` itself, after one warning, if that fails
     (inductor needs a C++ compiler). Either way the result is the same."""
-    compiled, worked = torch.compile(fn, dynamic=None), False
+    compiled, worked = None, False
 
     def call(*args):
         nonlocal compiled, worked
+        if compiled is None:                         # here, not at import: importing dynamo takes a while
+            compiled = torch.compile(fn, dynamic=None)
         try:
             out = compiled(*args)
         except Exception as err:                     # e.g. no C++ compiler: fails on the first call
             if worked or compiled is fn:
                 raise
-            warnings.warn(f"torch.compile failed for {fn.__name__} ({type(err).__name__}: {err}); "
+            reason = (str(err).strip().splitlines() or [""])[0]
+            warnings.warn(f"torch.compile failed for {fn.__name__} ({type(err).__name__}: {reason}); "
                           "running it uncompiled (same result, slower)", stacklevel=2)
             compiled = fn
             return fn(*args)
