@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from sdlab import groupnorm
 from sdlab.groupnorm import GroupNorm, GroupNormNHWC, is_channels_last
-from sdlab.layers import Attention, Dropout, attention_matmuls
+from sdlab.layers import Attention, Conv2d, Dropout, TinyMapConv, attention_matmuls
 from sdlab.trainer import fused_optimizer, memory_format
 
 NHWC = torch.channels_last
@@ -68,6 +68,37 @@ def test_fused_kernels_fall_back_to_eager_when_compiling_fails(monkeypatch):
     with pytest.warns(UserWarning, match="torch.compile failed"):
         assert double(torch.ones(3)).tolist() == [2, 2, 2]
     assert double(torch.ones(2)).tolist() == [2, 2]            # uncompiled from now on, no new warning
+
+
+@pytest.mark.parametrize("size, kernel, stride, padding", [(2, 3, 1, 1), (4, 3, 1, 1), (4, 3, 2, 1), (3, 3, 2, 1),
+                                                          (2, 1, 1, 0)])
+def test_tiny_map_conv_weight_gradient_is_the_convolution_gradient(size, kernel, stride, padding):
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, size, size, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(5, 4, kernel, kernel, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    ours = lambda x, w, b: TinyMapConv.apply(x, w, b, (stride, stride), (padding, padding))
+    torch.autograd.gradcheck(ours, (x, weight, bias))
+    torch.testing.assert_close(ours(x, weight, bias), F.conv2d(x, weight, bias, stride, padding))
+
+
+def test_conv2d_takes_the_tiny_map_path_only_where_it_should_and_matches_nn_conv2d():
+    torch.manual_seed(0)
+    conv = Conv2d(8, 8, 3, padding=1)
+    plain = torch.nn.Conv2d(8, 8, 3, padding=1)
+    plain.load_state_dict(conv.state_dict())
+    x = torch.randn(4, 8, 4, 4)
+    with torch.autocast("cpu", torch.bfloat16):
+        y = conv(x)
+        assert y.grad_fn.name() == "TinyMapConvBackward" and y.dtype == torch.bfloat16
+        y_plain = plain(x)
+    y.float().square().sum().backward()
+    y_plain.float().square().sum().backward()
+    torch.testing.assert_close(y, y_plain)
+    torch.testing.assert_close(conv.weight.grad, plain.weight.grad, rtol=0.02, atol=0.05)
+    assert conv(torch.randn(4, 8, 8, 8)).grad_fn.name() != "TinyMapConvBackward"     # 8x8: oneDNN's own
+    with torch.no_grad():
+        assert conv(x).grad_fn is None
 
 
 def test_dropout_keeps_the_layout_and_rate_of_a_channels_last_input():
