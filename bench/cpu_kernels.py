@@ -6,7 +6,7 @@ Median milliseconds of forward + backward (or one optimizer step) on random tens
     adamw      one AdamW step of the cpu U-Net, foreach vs fused          (trainer.fused_optimizer)
     attention  self-attention over 256 tokens of 256 channels (ddpm-cifar10 at 16x16), bf16:
                SDPA default kernel, SDPA math kernel, two matmuls      (layers.attention_matmuls)
-    tiny conv  3x3 conv 128->128 at 2x2 bf16, the latent U-Net's last level
+    tiny conv  3x3 conv 128->128 at 2x2 and 4x4 bf16 (latent U-Net levels): native, ours (layers.TinyMapConv)
 and the U-Net's forward + backward GFLOP per image on pixels (3x32x32) and latents (4x8x8).
 
     python bench/cpu_kernels.py [--threads 2]
@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sdlab.groupnorm import GroupNorm
-from sdlab.layers import attention_matmuls
+from sdlab.layers import TinyMapConv, attention_matmuls
 from sdlab.unet import PRESETS, UNet, UNetConfig
 
 NHWC = torch.channels_last
@@ -44,10 +44,12 @@ def median_ms(fn, repeats: int = 15, warmup: int = 3) -> float:
     return 1000 * statistics.median(times)
 
 
-def conv_ms(shape, out_channels: int, fmt: torch.memory_format) -> float:
+def conv_ms(shape, out_channels: int, fmt: torch.memory_format, tiny_map: bool = False) -> float:
     x = torch.randn(shape).to(torch.bfloat16).contiguous(memory_format=fmt).requires_grad_()
     w = torch.randn(out_channels, shape[1], 3, 3).to(torch.bfloat16).contiguous(memory_format=fmt).requires_grad_()
     grad = torch.randn(shape[0], out_channels, *shape[2:]).to(torch.bfloat16).contiguous(memory_format=fmt)
+    if tiny_map:    # layers.Conv2d's path on maps of 16 pixels or fewer
+        return median_ms(lambda: TinyMapConv.apply(x, w, None, (1, 1), (1, 1)).backward(grad))
     return median_ms(lambda: F.conv2d(x, w, padding=1).backward(grad))
 
 
@@ -112,7 +114,9 @@ def main():
     print("attention, 64 x 256 tokens x 256 channels bf16: " + ", ".join(f"SDPA {k} {v:.2f}" if k != "matmuls"
           else f"attention_matmuls {v:.2f}" for k, v in times.items()))
     print(f"AdamW step, cpu U-Net (4.44M): foreach {adamw_ms(False):.2f}, fused {adamw_ms(True):.2f}")
-    print(f"conv 3x3 128->128, 64x128x2x2 bf16: {conv_ms((64, 128, 2, 2), 128, torch.contiguous_format):.2f}")
+    for side in (2, 4):
+        native, ours = (conv_ms((64, 128, side, side), 128, torch.contiguous_format, tiny) for tiny in (False, True))
+        print(f"conv 3x3 128->128, 64x128x{side}x{side} bf16: native {native:.2f}, TinyMapConv {ours:.2f}")
     pixel = UNetConfig(**PRESETS["cpu"])
     latent = dataclasses.replace(pixel, in_channels=4, image_size=8, attention_resolutions=(2,))
     print(f"U-Net forward + backward per image: pixel {gflop_per_image(pixel):.2f} GFLOP, "
