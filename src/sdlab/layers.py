@@ -127,7 +127,7 @@ class Attention(nn.Module):
 
     Uses F.scaled_dot_product_attention, except on CPU in bf16: there both of torch 2.14's
     kernels (default/flash and math) are slower than the same softmax(q k^T / sqrt(d)) v written
-    as two matmuls (`attention_matmuls`), by 1.4-2.6x forward + backward for 64-256 tokens
+    as two matmuls (`attention_matmuls`), by 1.2-2.6x forward + backward for 64-256 tokens
     (bench/cpu_kernels.py). In fp32 the default kernel is the fastest.
     """
 
