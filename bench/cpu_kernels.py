@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from contextlib import nullcontext
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
-
+from timing import median_seconds
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from sdlab.groupnorm import GroupNorm
 from sdlab.layers import TinyMapConv, attention_matmuls
@@ -34,14 +32,7 @@ NHWC = torch.channels_last
 
 
 def median_ms(fn, repeats: int = 15, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * median_seconds(fn, repeats, warmup)
 
 
 def conv_ms(shape, out_channels: int, fmt: torch.memory_format, tiny_map: bool = False) -> float:

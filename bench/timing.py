@@ -1,4 +1,4 @@
-"""Timing helper shared by the benchmarks: median images/s of a training step."""
+"""Timing helpers shared by the benchmarks: median wall time, median images/s of a training step."""
 
 from __future__ import annotations
 
@@ -27,12 +27,18 @@ def training_step(model: torch.nn.Module, loss: Callable[[], torch.Tensor], prec
     return step
 
 
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int) -> float:
+    """Median wall time of `fn()` over `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def images_per_second(step: Callable[[], None], batch: int, steps: int, warmup: int) -> float:
     """Median images/s of `step()` (one step on `batch` images) over `steps` calls after `warmup`."""
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        step()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
+    return batch / median_seconds(step, steps, warmup)

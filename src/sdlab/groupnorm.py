@@ -50,26 +50,22 @@ def is_channels_last(x: torch.Tensor) -> bool:
 
 
 def fused(fn):
-    """`fn` compiled by torch.compile on first use; `fn` itself, after one warning, if that fails
-    (inductor needs a C++ compiler). Either way the result is the same."""
-    compiled, worked = None, False
+    """`fn` compiled by torch.compile on first use; `fn` itself, after one warning, if that first
+    compile fails (inductor needs a C++ compiler). Either way the result is the same."""
+    compiled = None
 
     def call(*args):
-        nonlocal compiled, worked
+        nonlocal compiled
         if compiled is None:                         # here, not at import: importing dynamo takes a while
             compiled = torch.compile(fn, dynamic=None)
-        try:
-            out = compiled(*args)
-        except Exception as err:                     # e.g. no C++ compiler: fails on the first call
-            if worked or compiled is fn:
-                raise
-            reason = (str(err).strip().splitlines() or [""])[0]
-            warnings.warn(f"torch.compile failed for {fn.__name__} ({type(err).__name__}: {reason}); "
-                          "running it uncompiled (same result, slower)", stacklevel=2)
-            compiled = fn
-            return fn(*args)
-        worked = True
-        return out
+            try:
+                return compiled(*args)
+            except Exception as err:
+                reason = (str(err).strip().splitlines() or [""])[0]
+                warnings.warn(f"torch.compile failed for {fn.__name__} ({type(err).__name__}: {reason}); "
+                              "running it uncompiled (same result, slower)", stacklevel=2)
+                compiled = fn
+        return compiled(*args)
 
     return call
 
@@ -158,10 +154,10 @@ class GroupNormNHWC(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, mean, rstd, scale, shift = ctx.saved_tensors
         batch, channels = x.shape[:2]
-        per_group = lambda s: (s * weight).view(batch, ctx.groups, -1).sum(2)   # sum over a group of gamma * s
+        gamma_group_sum = lambda s: (s * weight).view(batch, ctx.groups, -1).sum(2)   # (B, C) -> (B, G)
         sum_g, sum_gx = grad_sums(grad_out, x, scale, shift, ctx.act)
         sum_g_xhat = (sum_gx - _per_channel(mean, channels) * sum_g) * _per_channel(rstd, channels)
-        k1 = -rstd.square() * per_group(sum_g_xhat) / ctx.n                      # (B, G)
-        k2 = -rstd * per_group(sum_g) / ctx.n - k1 * mean
+        k1 = -rstd.square() * gamma_group_sum(sum_g_xhat) / ctx.n
+        k2 = -rstd * gamma_group_sum(sum_g) / ctx.n - k1 * mean
         grad_x = grad_input(grad_out, x, scale, shift, _per_channel(k1, channels), _per_channel(k2, channels), ctx.act)
         return grad_x, sum_g_xhat.sum(0), sum_g.sum(0), None, None, None

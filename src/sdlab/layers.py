@@ -1,6 +1,6 @@
-"""Blocks shared by the VAE and the U-Net: GroupNorm, dropout, residual block, self-attention,
-down/up sampling (convolution, dropout and attention with fast paths for CPU tensors; GroupNorm
-lives in groupnorm.py).
+"""Blocks shared by the VAE and the U-Net: convolution, dropout, residual block, self-attention,
+down/up sampling; convolution, dropout and attention have fast paths for CPU tensors
+(GroupNorm and its fast path are in groupnorm.py).
 
 Shapes are (B, C, H, W) throughout. References: DDPM's U-Net (arXiv:2006.11239, App. B), the
 Stable Diffusion autoencoder (LDM, arXiv:2112.10752).
