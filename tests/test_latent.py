@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from sdlab.checkpoint import state_digest
 from sdlab.data import make_synthetic
 from sdlab.diffusion import NoiseSchedule
 from sdlab.diffusion.guidance import drop_labels, guided
@@ -17,10 +18,9 @@ TINY_VAE = VAEConfig(base_channels=8, channel_mults=(1, 2), latent_channels=4)
 def test_latents_round_trip_through_the_cache_with_the_stored_scale_factor(tmp_path, monkeypatch):
     torch.manual_seed(0)
     vae = VAE(TINY_VAE).eval()
-    vae_path = tmp_path / "vae.pt"
-    vae_path.write_bytes(b"stand-in for the checkpoint file the cache key names")
+    vae_sha = state_digest(vae.state_dict())
     train, test = make_synthetic(40, 16, seed=0), make_synthetic(12, 16, seed=1)
-    z_train, z_test, s = encode_splits(vae, vae_path, train, test, torch.device("cpu"), tmp_path)
+    z_train, z_test, s = encode_splits(vae, vae_sha, train, test, torch.device("cpu"), tmp_path)
     assert len(list(tmp_path.glob("latents-*.pt"))) == 1
     assert z_train.images.shape == (40, 4, 4, 4) and z_train.images.dtype == torch.float32
     assert torch.equal(z_train.labels, train.labels)
@@ -31,7 +31,7 @@ def test_latents_round_trip_through_the_cache_with_the_stored_scale_factor(tmp_p
 
     import sdlab.latent
     monkeypatch.setattr(sdlab.latent, "encode_images", lambda *a, **k: pytest.fail("cache not used"))
-    again_train, again_test, s2 = encode_splits(vae, vae_path, train, test, torch.device("cpu"), tmp_path)
+    again_train, again_test, s2 = encode_splits(vae, vae_sha, train, test, torch.device("cpu"), tmp_path)
     assert s2 == s and torch.equal(again_train.images, z_train.images)
     assert torch.equal(again_test.images, z_test.images)
     images = decode_latents(vae, again_train.images[:3], s2)

@@ -97,11 +97,14 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
     full = make_trainer(tmp_path / "full", **settings)
     full.fit()
 
-    def stop_after_epoch_2(trainer):
-        if trainer.epoch == 2:
-            trainer.request_stop(signal.SIGINT)
+    holder = {}
 
-    first = make_trainer(tmp_path / "cut", hook=stop_after_epoch_2, **settings)
+    def signal_in_epoch_3(model, images, labels, generator=None, step=None):
+        if step == 4:      # the first batch of epoch 3; the signal is acted on after its step
+            holder["trainer"].request_stop(signal.SIGINT)
+        return toy_loss(model, images, labels, generator)
+
+    first = holder["trainer"] = make_trainer(tmp_path / "cut", signal_in_epoch_3, **settings)
     with pytest.raises(TrainingStopped) as stopped:
         first.fit()
     assert stopped.value.exit_code == 130

@@ -6,13 +6,20 @@ A checkpoint is a dict of tensors, numbers, strings, lists and dicts, so it load
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 
 import torch
 
+from .errors import UserError
 
-class CheckpointError(Exception):
+
+TEMPORARY = ".tmp"   # save_checkpoint writes .NAME.tmpPID, then renames it to NAME
+
+
+class CheckpointError(UserError):
     """A checkpoint cannot be read; the message names the file and the fix."""
 
 
@@ -24,7 +31,7 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
+    tmp = path.parent / f".{path.name}{TEMPORARY}{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)
@@ -50,3 +57,42 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files of `save_checkpoint` calls whose process is gone.
+
+    A SIGKILL (or power loss) between writing and renaming leaves `.NAME.tmpPID` behind; the
+    checkpoint itself is intact (the old or the new file). Returns the files removed.
+    """
+    removed = []
+    pattern = re.compile(r"^\..+" + re.escape(TEMPORARY) + r"(\d+)$")
+    for file in Path(folder).glob(f".*{TEMPORARY}*"):
+        match = pattern.match(file.name)
+        if match and not _process_alive(int(match.group(1))):
+            file.unlink(missing_ok=True)
+            removed.append(file)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True     # alive, owned by someone else
+    return True
+
+
+def state_digest(weights: dict) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and values: the identity of a set of
+    weights, independent of the file that holds them (latent checkpoints record their VAE's)."""
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        tensor = weights[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

@@ -8,9 +8,12 @@ library users see the field (`kl_weight`).
 from __future__ import annotations
 
 import dataclasses
+import math
+
+from .errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value is out of range. `field` is the dataclass field name."""
 
     def __init__(self, field: str, message: str):
@@ -23,6 +26,17 @@ def require(condition: bool, field: str, message: str) -> None:
     """Raise ConfigError(field, message) unless `condition` holds."""
     if not condition:
         raise ConfigError(field, message)
+
+
+def require_finite(cfg) -> None:
+    """Raise ConfigError for the first float field of dataclass `cfg` that is NaN or infinite.
+
+    Range checks such as `lr > 0` let `inf` through and every config calls this first, so no
+    run starts with a learning rate, weight or guidance scale that can only produce NaN."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f.name, f"must be a finite number (got {value})")
 
 
 def require_choice(value: str, choices: tuple[str, ...], field: str) -> None:

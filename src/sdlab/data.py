@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import option, require, require_choice
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import option, require, require_choice, require_finite
+from .errors import UserError
 
 DATASETS = ("cifar10", "fashion-mnist", "mnist", "folder", "synthetic")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -35,7 +38,7 @@ SYNTHETIC_CLASSES = (
 )
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A dataset cannot be loaded; the message names the flag or file and the fix."""
 
 
@@ -52,6 +55,7 @@ class DataConfig:
     gpu_cache: bool = option(False, "keep the uint8 dataset on the GPU when training there")
 
     def __post_init__(self):
+        require_finite(self)
         require_choice(self.dataset, DATASETS, "dataset")
         require(self.image_size >= 8, "image_size", f"must be >= 8 (got {self.image_size})")
         require(self.batch_size >= 1, "batch_size", f"must be >= 1 (got {self.batch_size})")
@@ -157,7 +161,12 @@ def _load_folder(root: Path, cfg: DataConfig, seed: int) -> Splits:
     if not root.is_dir():
         raise DataError(f"--data-dir {root} does not exist; point it at a folder of "
                         "train/<class>/*.png and test/<class>/*.png (or <class>/*.png)")
-    if (root / "train").is_dir() and (root / "test").is_dir():
+    halves = [name for name in ("train", "test") if (root / name).is_dir()]
+    if len(halves) == 1:
+        other = {"train": "test", "test": "train"}[halves[0]]
+        raise DataError(f"--data-dir {root} has {halves[0]}/ but no {other}/: add {other}/<class>/ "
+                        f"folders, or lay out only <class>/ folders to split with --val-fraction")
+    if halves:
         train, test = (_decode_tree(root / s, cfg) for s in ("train", "test"))
         if train.classes != test.classes:
             raise DataError(f"--data-dir {root}: train/ and test/ hold different class folders")
@@ -179,9 +188,9 @@ def _decode_tree(root: Path, cfg: DataConfig) -> ImageSet:
     labels = torch.tensor([i for i, (_, fs) in enumerate(classes) for _ in fs], dtype=torch.int64)
     names = tuple(name for name, _ in classes)
     cache = _cache_path(root, files, cfg.image_size)
-    if cache is not None and cache.exists():
-        stored = torch.load(cache, weights_only=True)
-        return ImageSet(stored["images"], labels, names)
+    stored = _read_cache(cache, len(files), cfg.image_size) if cache is not None else None
+    if stored is not None:
+        return ImageSet(stored, labels, names)
     with ThreadPoolExecutor(max(cfg.num_workers, 1)) as pool:
         arrays = list(pool.map(lambda f: _decode_file(f, cfg.image_size), files, chunksize=256))
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
@@ -204,23 +213,40 @@ def _decode_file(path: Path, size: int) -> np.ndarray:
 
 
 def _cache_path(root: Path, files: list[Path], size: int) -> Path | None:
-    """Decoded folders are cached beside the data, keyed by file names, sizes, mtimes, size."""
+    """Decoded folders are cached beside the data, keyed by the image size and each file's
+    name, byte size, inode, mtime and ctime. The ctime changes with every write to a file and
+    cannot be set back (unlike the mtime, which `cp -p`, rsync and unzip restore), so a changed
+    file is never served from the cache."""
     digest = hashlib.sha1(str(size).encode())
     for f in files:
         st = f.stat()
-        digest.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        digest.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_ino}\0{st.st_mtime_ns}\0"
+                      f"{st.st_ctime_ns}\n".encode())
     folder = root / ".sdlab-cache"
     if not os.access(root, os.W_OK) and not folder.is_dir():
         return None
     return folder / f"{digest.hexdigest()[:16]}.pt"
 
 
+def _read_cache(path: Path, count: int, size: int) -> torch.Tensor | None:
+    """The cached uint8 images (count, C, size, size) at `path`, or None when there is no
+    cache or it cannot be read (a damaged cache is decoded again and replaced, with a warning)."""
+    if not path.exists():
+        return None
+    try:
+        images = load_checkpoint(path)["images"]
+        if images.dtype == torch.uint8 and images.ndim == 4 and images.shape[0] == count \
+                and tuple(images.shape[2:]) == (size, size):
+            return images
+    except (CheckpointError, KeyError, TypeError, AttributeError):
+        pass
+    warnings.warn(f"image cache {path} is damaged; decoding the folder again")
+    return None
+
+
 def _write_cache(path: Path, images: torch.Tensor) -> None:
     try:
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"images": images}, tmp)
-        os.replace(tmp, path)
+        save_checkpoint({"images": images}, path)
     except OSError:
         pass  # a read-only data folder only costs a re-decode next time
 

@@ -13,12 +13,13 @@ over the dataset every epoch.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import option, require
 from .data import ImageSet, to_unit_range
 
@@ -37,26 +38,26 @@ def scale_factor(latents: torch.Tensor) -> float:
     return 1.0 / latents.float().std().item()
 
 
-def cache_key(vae_path: str | Path, train: ImageSet, test: ImageSet) -> str:
-    """Identifies the VAE file and the exact images encoded, so a stale cache is never used."""
-    stat = Path(vae_path).stat()
-    digest = hashlib.sha1(f"{Path(vae_path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+def cache_key(vae_sha256: str, train: ImageSet, test: ImageSet) -> str:
+    """Identifies the VAE's weights and the images encoded, so a stale cache is never used."""
+    digest = hashlib.sha1(vae_sha256.encode())
     for split in (train, test):
         digest.update(str(tuple(split.images.shape)).encode())
         digest.update(split.images[:: max(1, len(split) // 64)].numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
-def encode_splits(vae, vae_path: str | Path, train: ImageSet, test: ImageSet, device: torch.device,
+def encode_splits(vae, vae_sha256: str, train: ImageSet, test: ImageSet, device: torch.device,
                   cache_dir: str | Path) -> tuple[ImageSet, ImageSet, float]:
     """Encode (or load from cache) both splits; returns the scaled latents (float ImageSets,
     same labels) and the scale factor.
 
-    The cache `CACHE_DIR/latents-<key>.pt` holds the unscaled means and the scale factor.
+    The cache `CACHE_DIR/latents-<key>.pt` holds the unscaled means and the scale factor; one
+    that cannot be read is encoded again and replaced.
     """
-    path = Path(cache_dir) / f"latents-{cache_key(vae_path, train, test)}.pt"
-    if path.exists():
-        cached = load_checkpoint(path)
+    path = Path(cache_dir) / f"latents-{cache_key(vae_sha256, train, test)}.pt"
+    cached = _read_cache(path, len(train), len(test))
+    if cached is not None:
         mu_train, mu_test, s = cached["train"], cached["test"], cached["scale_factor"]
     else:
         mu_train = encode_images(vae, train.images, device)
@@ -65,6 +66,20 @@ def encode_splits(vae, vae_path: str | Path, train: ImageSet, test: ImageSet, de
         save_checkpoint({"train": mu_train, "test": mu_test, "scale_factor": s}, path)
     return (ImageSet(mu_train * s, train.labels, train.classes),
             ImageSet(mu_test * s, test.labels, test.classes), s)
+
+
+def _read_cache(path: Path, n_train: int, n_test: int) -> dict | None:
+    """The cached latents at `path`, or None when missing, unreadable or of other sizes."""
+    if not path.exists():
+        return None
+    try:
+        cached = load_checkpoint(path)
+        if len(cached["train"]) == n_train and len(cached["test"]) == n_test:
+            return cached
+    except (CheckpointError, KeyError, TypeError):
+        pass
+    warnings.warn(f"latent cache {path} is damaged; encoding again")
+    return None
 
 
 def decode_latents(vae, z_scaled: torch.Tensor, scale: float) -> torch.Tensor:
@@ -81,5 +96,3 @@ class LatentConfig:
     def __post_init__(self):
         require(not self.latent or bool(self.vae_checkpoint), "vae_checkpoint",
                 "--latent needs --vae-checkpoint PATH (a best.pt or last.pt from train_vae.py)")
-        require(not self.vae_checkpoint or Path(self.vae_checkpoint).is_file(), "vae_checkpoint",
-                f"no file {self.vae_checkpoint}; train a VAE first (train_vae.py)")

@@ -5,17 +5,19 @@ This is Stable Diffusion's inference path in miniature:
     noise z_T ~ N(0, I)  --sampler (DDPM/DDIM), U-Net eps(z_t, t, class), guidance-->  z_0
     z_0 / s  --VAE decoder-->  image in [-1, 1]          (pixel models skip the decoder)
 
-`DiffusionPipeline.from_checkpoint` rebuilds everything from the config stored in a
-train_diffusion.py checkpoint (latent checkpoints name their VAE file).
+`DiffusionPipeline.from_checkpoint` rebuilds everything from a train_diffusion.py checkpoint
+alone: latent checkpoints carry their VAE (config, weights and the weights' SHA-256), so they
+keep working when the VAE file is moved, replaced or deleted.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, state_digest
 from .config import from_stored
 from .diffusion import DiffusionConfig, NoiseSchedule, Trajectory, sample
 from .diffusion.guidance import guided
@@ -30,7 +32,8 @@ KINDS = {"vae": ("VAE", "train_vae.py"), "diffusion": ("diffusion", "train_diffu
 def load_trained(path: str, device: torch.device, kind: str) -> dict:
     """A checkpoint of `kind` (a key of KINDS), read once; CheckpointError naming the script if not."""
     state = load_checkpoint(path, device)
-    found = state.get("config", {}).get("kind")
+    config = state.get("config") if isinstance(state, dict) else None
+    found = config.get("kind") if isinstance(config, dict) else None
     if found != kind:
         name, script = KINDS[kind]
         raise CheckpointError(f"{path} is not a {name} checkpoint (kind {found!r}); train one with {script}")
@@ -42,12 +45,33 @@ def trained_weights(state: dict) -> dict:
     return state["ema"] if state.get("ema") is not None else state["model"]
 
 
+def load_weights(model: torch.nn.Module, weights: dict, path: str) -> None:
+    """`model.load_state_dict(weights)`, with CheckpointError naming `path` when they do not fit."""
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, KeyError, TypeError) as err:
+        reason = str(err).strip().splitlines()[0][:200]
+        raise CheckpointError(f"{path}: its weights do not fit the model its config describes "
+                              f"({reason}); the file is damaged or was edited") from None
+
+
+def carried_vae(state: dict) -> dict:
+    """What a latent diffusion checkpoint stores of its VAE: config, weights and their SHA-256."""
+    weights = trained_weights(state)
+    return {"config": state["config"]["vae"], "weights": weights, "sha256": state_digest(weights)}
+
+
+def build_vae(carried: dict, device: torch.device, path: str) -> VAE:
+    """A frozen VAE from `carried_vae`'s dict (`path` names the file it came from, for errors)."""
+    vae = VAE(from_stored(VAEConfig, carried["config"]))
+    load_weights(vae, carried["weights"], path)
+    return vae.to(device).eval().requires_grad_(False)
+
+
 def load_vae(path: str, device: torch.device) -> tuple[VAE, dict]:
     """(frozen VAE with EMA weights if present, the whole checkpoint) from a train_vae.py file."""
     state = load_trained(path, device, "vae")
-    vae = VAE(from_stored(VAEConfig, state["config"]["vae"]))
-    vae.load_state_dict(trained_weights(state))
-    return vae.to(device).eval().requires_grad_(False), state
+    return build_vae(carried_vae(state), device, path), state
 
 
 @dataclass
@@ -66,9 +90,15 @@ class DiffusionPipeline:
         state = load_trained(path, device, "diffusion")
         config = state["config"]
         model = UNet(from_stored(UNetConfig, config["unet"])).to(device)
-        model.load_state_dict(trained_weights(state))
+        load_weights(model, trained_weights(state), path)
         latent = config.get("latent_vae") or {}
-        vae = load_vae(latent["vae_checkpoint"], device)[0] if latent else None
+        vae = None
+        if latent and (state.get("frozen") or {}).get("vae") is not None:
+            vae = build_vae(state["frozen"]["vae"], device, path)
+        elif latent:  # written before checkpoints carried their VAE
+            warnings.warn(f"{path} does not carry its VAE; decoding with the one now at "
+                          f"{latent['vae_checkpoint']}, which cannot be checked to be the same")
+            vae = load_vae(latent["vae_checkpoint"], device)[0]
         return cls(model.eval(), DiffusionConfig(**config["diffusion"]).make_schedule().to(device),
                    config["diffusion"]["prediction"], vae, latent.get("scale_factor", 1.0),
                    tuple(config.get("classes") or ()) if config["unet"]["num_classes"] else (), config)

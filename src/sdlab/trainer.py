@@ -8,9 +8,13 @@ In training `generator` is None (the global RNG, saved in checkpoints) and `step
 step (for warm-ups). In validation `generator` is a freshly seeded torch.Generator and `step`
 None, so every epoch's validation loss sees the same noise and timesteps and epochs compare. The trainer logs every term, train and val.
 
-Checkpoints (`last.pt` each epoch, `best.pt` on improvement) hold everything needed to continue
-exactly: model, EMA, optimizer, LR schedule, grad scaler, epoch, batch within the epoch, step,
-best metric, early-stopping counter, RNG states, the run config and the metric history.
+Checkpoints (`last.pt` each epoch and every `save_every_steps` steps, `best.pt` on improvement)
+hold everything needed to continue exactly: model, EMA, optimizer, LR schedule (with its
+length), grad scaler, epoch, batch within the epoch, step, best metric, early-stopping counter,
+RNG states, the run config, the metric history and any frozen parts the run depends on (the
+VAE of a latent run). Nothing is lost: a checkpoint is written only when the loss, the
+validation terms and the weights are finite; a signal, even during validation, stops with
+`last.pt` written; a save dir that holds another run's checkpoints is never silently reused.
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import option, require, require_choice
+from .checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .config import ConfigError, option, require, require_choice, require_finite
 from .data import BatchLoader
 from .ema import EMA
+from .errors import UserError
+from .outputs import writable_dir
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "plateau")
@@ -69,14 +75,20 @@ class TrainConfig:
     log_every: int = option(20, "log train/<term> to TensorBoard every this many steps")
     resume: str = option("", "continue from a checkpoint (no value: SAVE_DIR/last.pt)",
                          nargs="?", const="last")
+    overwrite: bool = option(False, "start again in a save dir that holds an earlier run's checkpoints "
+                                    "(deletes its last.pt, best.pt and history.json)")
+    reset_schedule: bool = option(False, "with --resume: fit the cosine LR schedule to this command's "
+                                         "--epochs/--max-steps instead of keeping the stored length")
+    save_every_steps: int = option(0, "also write last.pt every this many optimizer steps (0: at epoch ends only)")
     visualize: bool = option(False, "write figures (PNG) into the save dir after training")
     debug: bool = option(False, "autograd anomaly detection (slow)")
 
     def __post_init__(self):
+        require_finite(self)
         for name in ("epochs", "grad_accum", "log_every", "step_size"):
             require(getattr(self, name) >= 1, name, f"must be >= 1 (got {getattr(self, name)})")
         for name in ("max_steps", "max_minutes", "early_stop_patience", "warmup_steps", "grad_clip",
-                     "min_delta", "weight_decay"):
+                     "min_delta", "weight_decay", "save_every_steps"):
             require(getattr(self, name) >= 0, name, f"must be >= 0 (got {getattr(self, name)})")
         require(self.lr > 0, "lr", f"must be > 0 (got {self.lr})")
         require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1) (got {self.ema_decay})")
@@ -87,14 +99,18 @@ class TrainConfig:
         require_choice(self.scheduler, SCHEDULERS, "scheduler")
         require_choice(self.precision, PRECISIONS, "precision")
         require_choice(self.device, DEVICES, "device")
+        require(not (self.resume and self.overwrite), "overwrite", "cannot be combined with --resume")
 
     @property
     def logs(self) -> Path:
         return Path(self.log_dir or Path(self.save_dir) / "logs")
 
 
-class TrainingStopped(Exception):
-    """Training ended early and abnormally (signal or non-finite loss); the message says why."""
+CHECKPOINTS = ("last.pt", "best.pt")
+
+
+class TrainingStopped(UserError):
+    """Training ended early and abnormally (signal or non-finite values); the message says why."""
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
@@ -102,12 +118,37 @@ class TrainingStopped(Exception):
 
 
 def pick_device(name: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU. Raises ValueError for 'cuda' without CUDA."""
+    """'auto' -> CUDA when present, else CPU. Raises ConfigError for 'cuda' without CUDA."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+        raise ConfigError("device", "no CUDA device is visible; use --device cpu or auto")
     return torch.device(name)
+
+
+def prepare_run_dir(cfg: TrainConfig) -> Path | None:
+    """Check the save and log dirs before any work; returns the checkpoint to resume from.
+
+    Both folders must be writable. Leftover temporaries of a killed checkpoint write are
+    removed. Without `resume`, a save dir that already holds checkpoints is refused unless
+    `overwrite` is set, which deletes them (and history.json) so nothing of the old run mixes
+    with the new one. Raises UserError naming the flag and the fix.
+    """
+    save_dir = writable_dir(cfg.save_dir, "--save-dir")
+    writable_dir(cfg.logs, "--log-dir")
+    remove_stale_temporaries(save_dir)
+    if cfg.resume:
+        path = save_dir / "last.pt" if cfg.resume == "last" else Path(cfg.resume)
+        if not path.is_file():
+            raise CheckpointError(f"--resume: no checkpoint at {path}; drop --resume to start a new run")
+        return path
+    found = [name for name in CHECKPOINTS if (save_dir / name).exists()]
+    if found and not cfg.overwrite:
+        raise UserError(f"--save-dir {save_dir} already holds {' and '.join(found)} of an earlier run: "
+                        "add --resume to continue it, or --overwrite to start again (deletes them)")
+    for name in (*found, "history.json"):
+        (save_dir / name).unlink(missing_ok=True)
+    return None
 
 
 def memory_format(device: torch.device, image_size: int) -> torch.memory_format:
@@ -140,7 +181,11 @@ def autocast(device: torch.device, precision: str):
 
 
 class LRSchedule:
-    """Learning-rate factor per optimizer step: linear warm-up, then step, cosine or plateau."""
+    """Learning-rate factor per optimizer step: linear warm-up, then step, cosine or plateau.
+
+    `total_steps` is the cosine schedule's length; checkpoints store it, so a resumed run keeps
+    the curve it started on even when its --epochs or --max-steps differ.
+    """
 
     def __init__(self, cfg: TrainConfig, steps_per_epoch: int, total_steps: int):
         self.cfg, self.steps_per_epoch, self.total_steps = cfg, steps_per_epoch, max(total_steps, 1)
@@ -168,10 +213,14 @@ class LRSchedule:
                 p["scale"], p["bad"] = p["scale"] * self.cfg.gamma, 0
 
     def state_dict(self) -> dict:
-        return dict(self.plateau)
+        return {"plateau": dict(self.plateau), "total_steps": self.total_steps}
 
     def load_state_dict(self, state: dict) -> None:
-        self.plateau = dict(state)
+        """Restore the plateau state and the stored length (`total_steps`)."""
+        if "plateau" not in state:     # written before the length was stored
+            state = {"plateau": state, "total_steps": self.total_steps}
+        self.plateau = dict(state["plateau"])
+        self.total_steps = state["total_steps"]
 
 
 class Trainer:
@@ -186,15 +235,18 @@ class Trainer:
             commands can rebuild the model from the file alone.
         epoch_hook: called as epoch_hook(trainer) after each epoch's checkpoint is written
             (TensorBoard images, sample grids).
+        frozen: tensors the run depends on but does not train (e.g. {"vae": {...}} for latent
+            diffusion), stored as they are in every checkpoint.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, train: BatchLoader, val: BatchLoader,
                  cfg: TrainConfig, *, run_config: dict, device: torch.device,
-                 epoch_hook: Callable[["Trainer"], None] | None = None):
+                 epoch_hook: Callable[["Trainer"], None] | None = None, frozen: dict | None = None):
         self.model, self.loss_fn, self.train_loader, self.val_loader = model, loss_fn, train, val
         self.memory_format = memory_format(device, train.images.shape[-1])
         model.to(memory_format=self.memory_format)
         self.cfg, self.run_config, self.device, self.epoch_hook = cfg, run_config, device, epoch_hook
+        self.frozen = frozen or {}
         self.save_dir = Path(cfg.save_dir)
         opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
@@ -215,6 +267,7 @@ class Trainer:
         self.writer = None
         self._signal: int | None = None
         self._deadline = math.inf
+        self._saved: tuple[int, int, int] | None = None   # (epoch, batch, step) held by last.pt
 
     @property
     def eval_model(self) -> nn.Module:
@@ -236,15 +289,26 @@ class Trainer:
             "epoch": self.epoch, "batch": self.batch, "step": self.step,
             "best": dict(self.best), "bad_epochs": self.bad_epochs,
             "partial": dict(self.partial), "rng": rng,
-            "config": self.run_config, "history": list(self.history),
+            "config": self.run_config, "history": list(self.history), "frozen": self.frozen,
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> list[str]:
+        """Restore a `state_dict`; returns notes for the log (an LR schedule length kept or changed)."""
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"] if state["ema"] is not None else state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        notes, planned = [], self.schedule.total_steps
         self.schedule.load_state_dict(state["lr_schedule"])
+        stored = self.schedule.total_steps
+        if self.cfg.scheduler == "cosine" and stored != planned:
+            if self.cfg.reset_schedule:
+                self.schedule.total_steps = planned
+                notes.append(f"cosine LR schedule: length changed from {stored} to {planned} steps "
+                             "(--reset-schedule); the learning rate jumps to the new curve")
+            else:
+                notes.append(f"cosine LR schedule: kept the stored length of {stored} steps (these "
+                             f"flags give {planned}; add --reset-schedule to use that)")
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.best, self.bad_epochs = dict(state["best"]), state["bad_epochs"]
@@ -252,9 +316,53 @@ class Trainer:
         torch.set_rng_state(state["rng"]["cpu"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self._saved = (self.epoch, self.batch, self.step)
+        return notes
 
-    def resume_path(self) -> Path:
-        return self.save_dir / "last.pt" if self.cfg.resume == "last" else Path(self.cfg.resume)
+    def _resume(self, path: Path) -> None:
+        """Load `path` for --resume; CheckpointError when it is not a checkpoint of this run's kind."""
+        state = load_checkpoint(path, self.device)
+        found, expected = state.get("config", {}).get("kind"), self.run_config.get("kind")
+        if found != expected:
+            raise CheckpointError(f"--resume {path}: a {found} checkpoint cannot resume a {expected} "
+                                  "run; pass the last.pt of this command's earlier run")
+        try:
+            notes = self.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            reason = str(err).strip().splitlines()[0][:200]
+            raise CheckpointError(f"--resume {path}: it does not hold this run's training state "
+                                  f"({reason}); pass the last.pt of the same command") from None
+        self.log(f"resumed from {path} at epoch {self.epoch}, step {self.step}")
+        for note in notes:
+            self.log(note)
+
+    def _write_checkpoints(self, best: bool = False) -> None:
+        """Write best.pt (when `best`) and then last.pt, after checking that the weights are finite.
+
+        best.pt goes first: a kill between the two leaves last.pt one epoch behind, and the
+        resumed run redoes that epoch and writes best.pt again.
+        """
+        for name, module in (("model", self.model), ("EMA", self.ema.model if self.ema else None)):
+            if module is not None and not all(torch.isfinite(p).all() for p in module.parameters()):
+                self._stop_non_finite(f"{name} weights after step {self.step}")
+        state = self.state_dict()
+        for path in ([self.save_dir / "best.pt"] if best else []) + [self.save_dir / "last.pt"]:
+            try:
+                save_checkpoint(state, path)
+            except OSError as err:
+                raise UserError(f"cannot write {path} ({err.strerror or err}); the previous {path.name} "
+                                "is intact: free disk space or fix the folder, then rerun with --resume") from None
+        self._saved = (self.epoch, self.batch, self.step)
+
+    def _stop_non_finite(self, what: str) -> None:
+        if self._saved is not None:
+            epoch, batch, step = self._saved
+            kept = (f"{self.save_dir / 'last.pt'} still holds the last good checkpoint (epoch {epoch}"
+                    f"{f', batch {batch}' if batch else ''}, step {step})")
+        else:
+            kept = "no checkpoint was written yet"
+        raise TrainingStopped(f"non-finite {what}; stopped. {kept}. "
+                              "Try a lower --lr, --grad-clip 1, or --precision fp32.", exit_code=1)
 
     # ------------------------------------------------------------ logging
 
@@ -275,11 +383,9 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         cfg = self.cfg
-        self.save_dir.mkdir(parents=True, exist_ok=True)
-        cfg.logs.mkdir(parents=True, exist_ok=True)
-        if cfg.resume:
-            self.load_state_dict(load_checkpoint(self.resume_path(), self.device))
-            self.log(f"resumed from {self.resume_path()} at epoch {self.epoch}, step {self.step}")
+        resume = prepare_run_dir(cfg)
+        if resume is not None:
+            self._resume(resume)
         self.writer = SummaryWriter(str(cfg.logs))
         self._deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
         previous = self._install_signal_handlers()
@@ -328,6 +434,8 @@ class Trainer:
             self._optimizer_step()
             if self.step % cfg.log_every == 0:
                 window = self._log_window(window)
+            if cfg.save_every_steps and self.step % cfg.save_every_steps == 0 and self.batch < n_batches:
+                self._write_checkpoints()
             if self._signal is not None:
                 bar.close()
                 self._stop_for_signal()
@@ -364,13 +472,8 @@ class Trainer:
     def _check_finite(self, terms: dict) -> None:
         for name, value in terms.items():
             if not torch.isfinite(value.detach()).all():
-                kept = self.save_dir / "last.pt"
-                kept_msg = (f"{kept} still holds the last good checkpoint (epoch {self.epoch})"
-                            if kept.exists() else "no checkpoint was written yet")
-                raise TrainingStopped(
-                    f"non-finite loss at step {self.step + 1} (epoch {self.epoch + 1}): term "
-                    f"'{name}' = {value.detach().float().mean().item()}; stopped. {kept_msg}. "
-                    "Try a lower --lr, --grad-clip 1, or --precision fp32.", exit_code=1)
+                self._stop_non_finite(f"loss at step {self.step + 1} (epoch {self.epoch + 1}): term "
+                                      f"'{name}' = {value.detach().float().mean().item()}")
 
     def _end_epoch(self, images_per_second: float) -> bool:
         cfg = self.cfg
@@ -378,7 +481,11 @@ class Trainer:
         record = {"epoch": self.epoch + 1, "step": self.step,
                   "lr": self.optimizer.param_groups[0]["lr"]}
         record.update({f"train/{k}": v / count for k, v in self.partial.items()})
-        val = self.evaluate()
+        val = self.evaluate(stop_on_signal=True)
+        bad = sorted(k for k, v in val.items() if not math.isfinite(v))
+        if bad:
+            self._stop_non_finite(f"validation loss after epoch {self.epoch + 1} (step {self.step}): "
+                                  f"{', '.join(f'{k} = {val[k]}' for k in bad)}")
         record.update({f"val/{k}": v for k, v in val.items()})
         for k, v in val.items():
             self.writer.add_scalar(f"val/{k}", v, self.step)
@@ -392,10 +499,7 @@ class Trainer:
             self.best, self.bad_epochs = {"value": val["loss"], "epoch": self.epoch}, 0
         else:
             self.bad_epochs += 1
-        state = self.state_dict()
-        save_checkpoint(state, self.save_dir / "last.pt")
-        if improved:
-            save_checkpoint(state, self.save_dir / "best.pt")
+        self._write_checkpoints(best=improved)
         (self.save_dir / "history.json").write_text(json.dumps(self.history, indent=1))
         terms = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if "/" in k)
         self.log(f"epoch {self.epoch}/{cfg.epochs} step {self.step}  {terms}"
@@ -403,6 +507,8 @@ class Trainer:
         if self.epoch_hook is not None:
             self.epoch_hook(self)
         self.writer.flush()
+        if self._signal is not None:     # arrived during validation's last batch or the hook
+            self._stop_for_signal()
         if cfg.early_stop_patience and self.bad_epochs >= cfg.early_stop_patience:
             self.log(f"early stopping at epoch {self.epoch}: val/loss has not improved by more than "
                      f"{cfg.min_delta:g} for {self.bad_epochs} epochs (patience "
@@ -412,8 +518,12 @@ class Trainer:
         return False
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module | None = None) -> dict[str, float]:
-        """Mean of each loss term over the validation loader, with fixed-seed randomness."""
+    def evaluate(self, model: nn.Module | None = None, stop_on_signal: bool = False) -> dict[str, float]:
+        """Mean of each loss term over the validation loader, with fixed-seed randomness.
+
+        With `stop_on_signal` (inside `fit`) a SIGINT/SIGTERM stops between batches: last.pt
+        then holds the finished epoch's training state and a resumed run validates it again.
+        """
         model = model if model is not None else self.eval_model
         was_training = model.training
         model.eval()
@@ -421,6 +531,8 @@ class Trainer:
         sums: dict[str, float] = {}
         count = 0
         for images, labels in self.val_loader.epoch(0):
+            if stop_on_signal and self._signal is not None:
+                self._stop_for_signal()
             with autocast(self.device, self.cfg.precision):
                 terms = self.loss_fn(model, images, labels, generator=generator, step=None)
             for k, v in terms.items():
@@ -451,7 +563,8 @@ class Trainer:
 
     def _stop_for_signal(self) -> None:
         path = self.save_dir / "last.pt"
-        save_checkpoint(self.state_dict(), path)
+        if self._saved != (self.epoch, self.batch, self.step):
+            self._write_checkpoints()
         name = signal.Signals(self._signal).name
         self.log(f"{name}: stopped at epoch {self.epoch + 1}, batch {self.batch}, step {self.step}; "
                  f"saved {path}. Resume with the same command plus --resume")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import option, require
+from .config import option, require, require_finite
 from .groupnorm import GroupNorm
 from .layers import Attention, Downsample, ResBlock, Upsample
 
@@ -45,6 +45,7 @@ class UNetConfig:
     num_classes: int = option(0, "class-conditional when > 0 (a null class is added)")
 
     def __post_init__(self):
+        require_finite(self)
         for name in ("in_channels", "base_channels", "num_res_blocks", "heads", "image_size"):
             require(getattr(self, name) >= 1, name, f"must be >= 1 (got {getattr(self, name)})")
         require(len(self.channel_mults) >= 1 and all(m >= 1 for m in self.channel_mults),

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import option, require, require_choice
+from .config import option, require, require_choice, require_finite
 from .groupnorm import GroupNorm
 from .layers import Downsample, ResBlock, Upsample
 
@@ -63,6 +63,7 @@ class VAELossConfig:
                             choices=REDUCTIONS)
 
     def __post_init__(self):
+        require_finite(self)
         require(self.kl_weight >= 0, "kl_weight", f"must be >= 0 (got {self.kl_weight})")
         require(self.kl_warmup_steps >= 0, "kl_warmup_steps", f"must be >= 0 (got {self.kl_warmup_steps})")
         require_choice(self.recon_loss, RECON_LOSSES, "recon_loss")

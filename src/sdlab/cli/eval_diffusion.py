@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import torch
 
 from ..data import BatchLoader, load_splits
 from ..diffusion import nll_bits_per_dim
 from ..pipeline import DiffusionPipeline
-from ..trainer import pick_device
-from .session import eval_parser, stored_data_config, user_errors
+from .session import eval_outputs, eval_parser, stored_data_config, user_errors
 
 
 def stratified_timesteps(num_timesteps: int, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -37,7 +35,8 @@ def main(argv=None) -> None:
     parser.add_argument("--timesteps", type=int, default=0, help="stratified KL terms (0: all T - 1)")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
-    device = pick_device(args.device)
+    device, out = eval_outputs(args, parser, {"num_images": 1, "timesteps": 0, "batch_size": 1},
+                               "eval_diffusion.json")
     pipe = DiffusionPipeline.from_checkpoint(args.checkpoint, device)
     if pipe.vae is not None:
         parser.error("this is a latent model: its bits/dim would measure VAE latents, not pixels")
@@ -68,7 +67,6 @@ def main(argv=None) -> None:
                "checkpoint": str(args.checkpoint)}
     print(f"bits/dim {summary['bpd']:.4f} ± {summary['bpd_stderr']:.4f} over {n} test images, "
           f"L_0, L_T and {k} of {T - 1} KL terms{' (stratified)' if k < T - 1 else ''}; prior term {summary['prior_bpd']:.2e}")
-    out = Path(args.out or Path(args.checkpoint).with_name("eval_diffusion.json"))
     out.write_text(json.dumps(summary, indent=2))
     print(f"wrote {out}")
 

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import torch
 
 from ..data import BatchLoader, load_splits
 from ..figures import vae_figures
 from ..likelihood import bits_per_dim, discretized_gaussian_log_likelihood
+from ..outputs import writable_dir
 from ..pipeline import load_vae
-from ..trainer import pick_device
 from ..vae import VAE, psnr
-from .session import eval_parser, stored_data_config, user_errors
+from .session import eval_outputs, eval_parser, stored_data_config, user_errors
 
 
 @torch.no_grad()
@@ -75,7 +74,9 @@ def main(argv=None) -> None:
     parser.add_argument("--figures", default=None, metavar="DIR",
                         help="also write the VAE figures (loss curves, reconstructions, ...) into DIR")
     args = parser.parse_args(argv)
-    device = pick_device(args.device)
+    device, out = eval_outputs(args, parser, {"num_images": 0, "batch_size": 1}, "eval_vae.json")
+    if args.figures:
+        writable_dir(args.figures, "--figures")
     vae, state = load_vae(args.checkpoint, device)
     config = state["config"]
     data_cfg = stored_data_config(config, args.dataset, args.data_dir)
@@ -91,7 +92,6 @@ def main(argv=None) -> None:
     print(f"{'metric':<14} value   ({result['images']} test images, {data_cfg.dataset})")
     for key in ("mse", "psnr", "kl_bits", "nelbo_bpd", "sigma", "latent_mean", "latent_std", "scale_factor"):
         print(f"{key:<14} {result[key]:.4f}")
-    out = Path(args.out or Path(args.checkpoint).with_name("eval_vae.json"))
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
     if args.figures:

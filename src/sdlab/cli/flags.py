@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import typing
 from pathlib import Path
@@ -23,6 +24,17 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a float that is neither NaN nor infinite."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number (got {text!r})")
+    return value
 
 
 def flag_name(field: str) -> str:
@@ -59,7 +71,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str,
             kwargs["type"] = _parse_tuple(typing.get_args(kind)[0])
             kwargs["metavar"] = "A,B,.."
         else:
-            kwargs["type"] = kind
+            kwargs["type"] = finite_float if kind is float else kind
         kwargs.update(meta)
         group.add_argument(flag_name(f.name), *aliases.get(f.name, []), **kwargs)
 

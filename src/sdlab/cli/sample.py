@@ -14,11 +14,13 @@ from pathlib import Path
 
 import torch
 
-from ..diffusion.sampling import SAMPLERS, SPACINGS, VARIANCES
+from ..data import IMAGE_EXTENSIONS
+from ..diffusion.sampling import SAMPLERS, SPACINGS, VARIANCES, ddim_timesteps
+from ..outputs import writable_dir, writable_file
 from ..pipeline import DiffusionPipeline
 from ..trainer import DEVICES, autocast, pick_device
 from ..visualize import save_grid
-from .flags import Parser
+from .flags import Parser, finite_float
 from .session import user_errors
 
 
@@ -28,12 +30,12 @@ def build_parser() -> Parser:
     parser.add_argument("--num-samples", type=int, default=64)
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddim")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM takes all T)")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    parser.add_argument("--eta", type=finite_float, default=0.0, help="DDIM eta, in [0, 1]")
     parser.add_argument("--spacing", choices=SPACINGS, default="uniform")
     parser.add_argument("--variance", choices=VARIANCES, default="beta", help="DDPM sigma_t^2")
     parser.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME|ID",
                         help="class-conditional models: class to draw (repeatable; cycled over the images)")
-    parser.add_argument("--guidance-scale", type=float, default=1.0,
+    parser.add_argument("--guidance-scale", type=finite_float, default=1.0,
                         help="classifier-free guidance w (0: unconditional, 1: conditional)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
@@ -49,12 +51,17 @@ def build_parser() -> Parser:
 def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.num_samples < 1 or args.steps < 1 or args.batch_size < 1:
-        parser.error("--num-samples, --steps and --batch-size must be >= 1")
-    try:
-        device = pick_device(args.device)
-    except ValueError as err:
-        parser.error(str(err))
+    for flag in ("num_samples", "steps", "batch_size", "nrow"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1 (got {getattr(args, flag)})")
+    if not 0 <= args.eta <= 1:
+        parser.error(f"--eta must be in [0, 1] (got {args.eta})")
+    if args.guidance_scale < 0:
+        parser.error(f"--guidance-scale must be >= 0 (got {args.guidance_scale})")
+    device = pick_device(args.device)
+    writable_file(args.out, "--out", IMAGE_EXTENSIONS)        # before the work, not after
+    if args.per_image_dir:
+        writable_dir(args.per_image_dir, "--per-image-dir")
     pipe = DiffusionPipeline.from_checkpoint(args.checkpoint, device)
     labels = None
     if args.classes:
@@ -82,7 +89,8 @@ def main(argv=None) -> None:
         folder = Path(args.per_image_dir)
         for i, image in enumerate(images):
             save_grid(image[None], folder / f"{i:05d}.png", nrow=1)
-    steps = pipe.schedule.num_timesteps if args.sampler == "ddpm" else args.steps
+    T = pipe.schedule.num_timesteps      # DDIM visits distinct timesteps: at most T of them
+    steps = T if args.sampler == "ddpm" else len(ddim_timesteps(T, args.steps, args.spacing))
     print(f"wrote {args.out}: {args.num_samples} images, {args.sampler} {steps} steps, "
           f"{seconds:.1f} s on {device}")
 

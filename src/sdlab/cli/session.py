@@ -1,12 +1,15 @@
 """Wiring between the entry points and the library: device, data, trainer, user errors.
 
 Every training command goes through `run_training`, so the VAE and the diffusion model share
-one data pipeline, one trainer and one way of reporting mistakes: a user error is one line on
-stderr and a non-zero exit, never a traceback.
+one data pipeline, one trainer and one way of reporting mistakes: `user_errors` is each
+command's error boundary, where a mistake the user can fix (any `UserError`, or an `OSError`
+such as a full disk) becomes one line on stderr naming the flag or file and exit status 2.
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -15,10 +18,13 @@ from typing import Callable
 
 import torch
 
-from ..checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint import CheckpointError
 from ..config import ConfigError
-from ..data import DATASETS, BatchLoader, DataConfig, DataError, Splits, load_splits
-from ..trainer import DEVICES, TrainConfig, Trainer, TrainingStopped, pick_device
+from ..data import DATASETS, BatchLoader, DataConfig, Splits, load_splits
+from ..errors import UserError
+from ..outputs import writable_file
+from ..pipeline import load_trained
+from ..trainer import CHECKPOINTS, DEVICES, TrainConfig, Trainer, pick_device, prepare_run_dir
 from .flags import Parser, add_config_flags, config_dict, flag_name, print_error_and_exit
 
 # The original repo's flag names, kept as aliases of the shared flags.
@@ -29,19 +35,35 @@ SHARED_ALIASES = {
 }
 
 
+# What to do about the operating-system errors that a user's machine or paths cause.
+OS_ERROR_FIXES = {
+    errno.ENOSPC: "free disk space or write somewhere else",
+    errno.EDQUOT: "free disk space or write somewhere else",
+    errno.EACCES: "choose a path you can write to",
+    errno.EPERM: "choose a path you can write to",
+    errno.EROFS: "the file system is read-only; choose another path",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of the path is a file; check the path",
+    errno.EISDIR: "the path is a folder; give a file name",
+}
+
+
 def user_errors(main: Callable) -> Callable:
-    """Turn the errors a user can cause into one line on stderr and an exit status."""
+    """A command's error boundary: what the user can fix is one line on stderr, exit status 2
+    (1 for a run stopped by non-finite values, 130 for a signal); bugs keep their traceback."""
 
     @functools.wraps(main)
     def wrapped(argv=None):
         try:
             return main(argv)
-        except TrainingStopped as err:
-            print_error_and_exit(str(err), err.exit_code)
-        except (DataError, CheckpointError) as err:
-            print_error_and_exit(str(err))
         except ConfigError as err:
             print_error_and_exit(f"{flag_name(err.field)}: {err.message}")
+        except UserError as err:
+            print_error_and_exit(str(err), err.exit_code)
+        except OSError as err:
+            where = f"{err.filename}: " if err.filename else ""
+            fix = OS_ERROR_FIXES.get(err.errno, "check the path and the disk")
+            print_error_and_exit(f"{where}{err.strerror or err} ({fix})")
         except KeyboardInterrupt:
             print_error_and_exit("interrupted", 130)
 
@@ -69,19 +91,23 @@ def resolve_device(parser: Parser, train: TrainConfig) -> torch.device:
     """The one place a device is chosen; fp16 is refused off CUDA."""
     try:
         device = pick_device(train.device)
-    except ValueError as err:
-        parser.error(str(err))
+    except ConfigError as err:
+        parser.error(f"--device {train.device}: {err.message}")
     if train.precision == "fp16" and device.type != "cuda":
         parser.error(f"--precision fp16 needs CUDA (device is {device.type}); use --precision bf16 or fp32")
     return device
 
 
-def checkpoint_config(train: TrainConfig) -> dict | None:
-    """The run config stored in the checkpoint that --resume names (None without --resume)."""
-    if not train.resume:
+def prepare_run(train: TrainConfig, kind: str) -> dict | None:
+    """Check the output folders before any work (see `trainer.prepare_run_dir`); with --resume,
+    return the checkpoint it names, which must be a `kind` checkpoint (else None)."""
+    path = prepare_run_dir(train)
+    if path is None:
         return None
-    path = Path(train.save_dir) / "last.pt" if train.resume == "last" else Path(train.resume)
-    return load_checkpoint(path)["config"]
+    try:
+        return load_trained(str(path), torch.device("cpu"), kind)
+    except CheckpointError as err:
+        raise CheckpointError(f"--resume: {err}") from None
 
 
 def stored_data_config(config: dict, dataset: str | None, data_dir: str | None) -> DataConfig:
@@ -92,7 +118,7 @@ def stored_data_config(config: dict, dataset: str | None, data_dir: str | None) 
 
 
 def eval_parser(prog: str, description: str, json_name: str) -> Parser:
-    """A parser with the flags every checkpoint-evaluation command has."""
+    """A parser with the flags every checkpoint-evaluation command has (see `eval_outputs`)."""
     parser = Parser(prog=prog, description=description)
     parser.add_argument("checkpoint")
     parser.add_argument("--dataset", choices=DATASETS, default=None, help="default: the training dataset")
@@ -101,6 +127,19 @@ def eval_parser(prog: str, description: str, json_name: str) -> Parser:
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--out", default=None, help=f"JSON file (default: {json_name} beside the checkpoint)")
     return parser
+
+
+def eval_outputs(args, parser: Parser, counts: dict[str, int], json_name: str) -> tuple[torch.device, Path]:
+    """Check an evaluation command's numbers, device and output file before any work.
+
+    `counts` maps flags to their minimum (e.g. {"batch_size": 1}). Returns the device and the
+    JSON path (--out, else `json_name` beside the checkpoint)."""
+    for flag, least in counts.items():
+        if getattr(args, flag) < least:
+            parser.error(f"{flag_name(flag)} must be >= {least} (got {getattr(args, flag)})")
+    device = pick_device(args.device)
+    out = Path(args.out or Path(args.checkpoint).with_name(json_name))
+    return device, writable_file(out, "--out", (".json",))
 
 
 def build_loaders(data: DataConfig, train: TrainConfig, device: torch.device,
@@ -129,5 +168,6 @@ def run_training(trainer: Trainer) -> None:
     """Fit, then report where the outputs went."""
     trainer.fit()
     cfg = trainer.cfg
-    print(f"done: checkpoints in {cfg.save_dir} (best.pt, last.pt), TensorBoard logs in {cfg.logs} "
+    written = ", ".join(name for name in CHECKPOINTS if (Path(cfg.save_dir) / name).exists())
+    print(f"done: checkpoints in {cfg.save_dir} ({written}), TensorBoard logs in {cfg.logs} "
           f"(tensorboard --logdir {cfg.logs})", file=sys.stderr)

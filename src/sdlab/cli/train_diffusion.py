@@ -16,18 +16,19 @@ import torch
 
 from ..config import ConfigError, from_stored
 from ..data import DataConfig, Splits, load_splits
+from ..errors import UserError
 from ..diffusion import DiffusionConfig, SamplerConfig, Trajectory, diffusion_loss
 from ..diffusion.guidance import GuidanceConfig, drop_labels
 from ..figures import (class_grid, forward_process, guidance_sweep, latent_pipeline, loss_by_timestep,
                        reverse_process, schedules)
 from ..latent import LatentConfig, encode_splits
-from ..pipeline import DiffusionPipeline, load_vae
+from ..pipeline import DiffusionPipeline, build_vae, carried_vae, load_trained
 from ..trainer import TrainConfig, Trainer
 from ..unet import PRESETS, UNet, UNetConfig
 from ..visualize import grid, plot_history, save_grid
 from .flags import add_config_flags, build_configs
-from .session import (build_loaders, checkpoint_config, default_precision, resolve_device,
-                      run_training, save_run_config, shared_parser, user_errors)
+from .session import (build_loaders, default_precision, prepare_run, resolve_device, run_training,
+                      save_run_config, shared_parser, user_errors)
 
 # The original repo's flags and the fields they set. --down-scale gives the per-level channel
 # multipliers; --is-attn (per-level 0/1, e.g. 0,1,0) is turned into attention_resolutions.
@@ -69,7 +70,9 @@ def build_parser():
     return parser
 
 
-def parse(argv=None) -> tuple[dict, torch.device]:
+def parse(argv=None) -> tuple[dict, torch.device, dict | None]:
+    """Flags -> configs and device, then the output folders are checked; returns the
+    checkpoint that --resume names too (None for a new run)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.residual:
@@ -87,29 +90,55 @@ def parse(argv=None) -> tuple[dict, torch.device]:
             parser.error(f"--is-attn: give one 0/1 per level ({len(unet.channel_mults)} levels)")
         resolutions = tuple(unet.image_size // 2**i for i, on in enumerate(flags) if on)
         configs["unet"] = dataclasses.replace(unet, attention_resolutions=resolutions)
-    stored = checkpoint_config(configs["train"])
-    if stored is not None:  # a resumed run keeps its architecture and schedule
+    device = resolve_device(parser, configs["train"])
+    resumed = prepare_run(configs["train"], "diffusion")
+    if resumed is not None:  # a resumed run keeps its architecture, schedule, VAE and conditioning
+        stored = resumed["config"]
         for section, cls in (("unet", UNetConfig), ("diffusion", DiffusionConfig)):
             configs[section] = from_stored(cls, stored[section])
-    return configs, resolve_device(parser, configs["train"])
+        latent = stored.get("latent_vae") or {}
+        configs["latent"] = LatentConfig(latent=bool(latent), vae_checkpoint=configs["latent"].vae_checkpoint
+                                         or latent.get("vae_checkpoint", ""))
+        configs["guidance"] = dataclasses.replace(configs["guidance"],
+                                                  class_cond=stored["guidance"]["class_cond"])
+    return configs, device, resumed
 
 
-def latent_splits(configs: dict, splits: Splits, device: torch.device) -> tuple[Splits, dict]:
-    """Encode both splits with the frozen VAE; returns the latent splits and {"geometry": the
-    U-Net's latent geometry (attention resolutions divided by the VAE's downsampling factor),
-    "info": what the checkpoint stores, "vae": the frozen VAE}."""
-    latent_cfg, train_cfg = configs["latent"], configs["train"]
-    vae, vae_state = load_vae(latent_cfg.vae_checkpoint, device)
-    train, test, scale = encode_splits(vae, latent_cfg.vae_checkpoint, splits.train, splits.test,
-                                       device, cache_dir=train_cfg.save_dir)
+def latent_vae(latent_cfg: LatentConfig, resumed: dict | None) -> dict:
+    """The VAE a latent run encodes with, as `carried_vae` stores it: a new run reads
+    --vae-checkpoint; a resumed run uses the VAE its checkpoint carries, and refuses a
+    --vae-checkpoint that holds other weights."""
+    carried = ((resumed or {}).get("frozen") or {}).get("vae")
+    path = latent_cfg.vae_checkpoint
+    if carried is not None and path and Path(path).is_file():
+        given = carried_vae(load_trained(path, torch.device("cpu"), "vae"))
+        if given["sha256"] != carried["sha256"]:
+            raise UserError(f"--vae-checkpoint {path} is not the VAE this run was trained with (weights "
+                            f"sha256 {given['sha256'][:12]} vs {carried['sha256'][:12]}); drop "
+                            "--vae-checkpoint: the run's checkpoint carries its own VAE")
+    if carried is None:
+        try:
+            carried = carried_vae(load_trained(path, torch.device("cpu"), "vae"))
+        except UserError as err:
+            raise UserError(f"--vae-checkpoint: {err}") from None
+    return carried
+
+
+def latent_splits(carried: dict, splits: Splits, device: torch.device, cache_dir: str,
+                  attention_resolutions: tuple[int, ...]) -> tuple[Splits, dict]:
+    """Encode both splits with the frozen VAE (`carried_vae`'s dict); returns the latent splits
+    and {"geometry": the U-Net's latent geometry (pixel attention resolutions divided by the
+    VAE's downsampling factor), "info": what the run config stores, "vae": the frozen VAE}."""
+    vae = build_vae(carried, device, "--vae-checkpoint")
+    train, test, scale = encode_splits(vae, carried["sha256"], splits.train, splits.test, device,
+                                       cache_dir=cache_dir)
     f = vae.cfg.downsampling
-    print(f"latent diffusion: {len(train)} images encoded to {tuple(train.images.shape[1:])} by "
-          f"{latent_cfg.vae_checkpoint}; scale factor s = 1/std = {scale:.5f}")
-    unet = configs["unet"]
+    print(f"latent diffusion: {len(train)} images encoded to {tuple(train.images.shape[1:])} by the "
+          f"VAE {carried['sha256'][:12]}; scale factor s = 1/std = {scale:.5f}")
     geometry = {"in_channels": train.channels, "image_size": train.images.shape[-1],
-                "attention_resolutions": tuple(max(r // f, 1) for r in unet.attention_resolutions)}
-    info = {"vae_checkpoint": str(Path(latent_cfg.vae_checkpoint).resolve()), "scale_factor": scale,
-            "downsampling": f, "vae_image_size": vae_state["config"]["data"]["image_size"]}
+                "attention_resolutions": tuple(max(r // f, 1) for r in attention_resolutions)}
+    info = {"vae_sha256": carried["sha256"], "scale_factor": scale, "downsampling": f,
+            "vae_image_size": splits.train.images.shape[-1]}
     return Splits(train, test), {"geometry": geometry, "info": info, "vae": vae}
 
 
@@ -166,15 +195,18 @@ def write_figures(grids: SampleGrid, history, val: torch.Tensor, val_labels, con
 
 @user_errors
 def main(argv=None) -> None:
-    configs, device = parse(argv)
+    configs, device, resumed = parse(argv)
     data_cfg, train_cfg, diff_cfg, guide_cfg = (configs[k] for k in ("data", "train", "diffusion", "guidance"))
     torch.manual_seed(train_cfg.seed)
-    splits, vae, run_extra = None, None, {}
+    splits, vae, run_extra, frozen = None, None, {}, {}
     if configs["latent"].latent:
-        splits, latent = latent_splits(configs, load_splits(data_cfg, seed=train_cfg.seed), device)
-        configs["unet"] = dataclasses.replace(configs["unet"], **latent["geometry"])
+        frozen["vae"] = latent_vae(configs["latent"], resumed)
+        splits, latent = latent_splits(frozen["vae"], load_splits(data_cfg, seed=train_cfg.seed), device,
+                                       train_cfg.save_dir, configs["unet"].attention_resolutions)
+        if resumed is None:  # a resumed U-Net config has the latent geometry already
+            configs["unet"] = dataclasses.replace(configs["unet"], **latent["geometry"])
         configs["data"] = data_cfg = dataclasses.replace(data_cfg, hflip=False)  # latents are not flip-symmetric
-        run_extra["latent_vae"], vae = latent["info"], latent["vae"]
+        run_extra["latent_vae"], vae = dict(latent["info"], vae_checkpoint=configs["latent"].vae_checkpoint), latent["vae"]
     splits, train_loader, val_loader = build_loaders(data_cfg, train_cfg, device, splits)
     unet_cfg = configs["unet"]
     if unet_cfg.in_channels != splits.train.channels:
@@ -206,7 +238,7 @@ def main(argv=None) -> None:
                              splits.train.classes if guide_cfg.class_cond else (), run_config)
     grids = SampleGrid(pipe, configs)
     trainer = Trainer(model, loss_fn, train_loader, val_loader, train_cfg, run_config=run_config,
-                      device=device, epoch_hook=grids)
+                      device=device, epoch_hook=grids, frozen=frozen)
     run_training(trainer)
     if train_cfg.visualize:
         pipe.model = trainer.eval_model

@@ -15,8 +15,8 @@ from ..trainer import TrainConfig, Trainer
 from ..vae import VAE, VAEConfig, VAELossConfig, vae_loss
 from ..visualize import grid
 from .flags import add_config_flags, build_configs
-from .session import (build_loaders, checkpoint_config, default_precision, resolve_device,
-                      run_training, save_run_config, shared_parser, user_errors)
+from .session import (build_loaders, default_precision, prepare_run, resolve_device, run_training,
+                      save_run_config, shared_parser, user_errors)
 
 # The original repo's VAE flags and what they set. --B is beta (the KL weight); --reduction
 # sum|mean picks per-image sums or per-pixel means for both loss terms (see vae_loss).
@@ -54,10 +54,11 @@ def parse(argv=None) -> tuple[dict, torch.device]:
     defaults = dict(CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS,
                     precision=default_precision(device))
     configs = build_configs(parser, args, classes, overrides=defaults)
-    stored = checkpoint_config(configs["train"])
-    if stored is not None:  # a resumed run keeps the architecture it was trained with
-        configs["vae"] = from_stored(VAEConfig, stored["vae"])
-    return configs, resolve_device(parser, configs["train"])
+    device = resolve_device(parser, configs["train"])
+    resumed = prepare_run(configs["train"], "vae")
+    if resumed is not None:  # a resumed run keeps the architecture it was trained with
+        configs["vae"] = from_stored(VAEConfig, resumed["config"]["vae"])
+    return configs, device
 
 
 def log_images(trainer: Trainer, fixed: torch.Tensor, latent_shape) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import option, require
+from ..config import option, require, require_finite
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class GuidanceConfig:
     guidance_scale: float = option(2.0, "classifier-free guidance w for sample grids (0: unconditional)")
 
     def __post_init__(self):
+        require_finite(self)
         require(0 <= self.cond_drop_prob < 1, "cond_drop_prob",
                 f"must be in [0, 1) (got {self.cond_drop_prob})")
         require(self.guidance_scale >= 0, "guidance_scale", f"must be >= 0 (got {self.guidance_scale})")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import option, require, require_choice
+from ..config import option, require, require_choice, require_finite
 from ..likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl
 from .schedule import SCHEDULES, NoiseSchedule
 
@@ -32,6 +32,7 @@ class DiffusionConfig:
     min_snr_gamma: float = option(0.0, "min-SNR-gamma loss weighting (0 disables; 5 is typical)")
 
     def __post_init__(self):
+        require_finite(self)
         require(self.num_timesteps >= 2, "num_timesteps", f"must be >= 2 (got {self.num_timesteps})")
         require(0 < self.beta_start < self.beta_end < 1, "beta_start",
                 f"need 0 < beta_start < beta_end < 1 (got {self.beta_start}, {self.beta_end})")

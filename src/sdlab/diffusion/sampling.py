@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..config import option, require, require_choice
+from ..config import option, require, require_choice, require_finite
 from .objective import model_outputs
 from .schedule import NoiseSchedule
 
@@ -33,6 +33,7 @@ class SamplerConfig:
     clip: bool = option(True, "clamp predicted x0 to [-1, 1]")
 
     def __post_init__(self):
+        require_finite(self)
         require_choice(self.sampler, SAMPLERS, "sampler")
         require_choice(self.spacing, SPACINGS, "spacing")
         require_choice(self.variance, VARIANCES, "variance")
