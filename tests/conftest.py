@@ -17,11 +17,12 @@ def repo_root() -> Path:
     return ROOT
 
 
-def run_script(args, cwd, timeout=300, **kwargs):
-    """Run a Python entry script in a subprocess, returning CompletedProcess (text)."""
+def run_script(args, cwd, timeout=300, env=None, **kwargs):
+    """Run a Python entry script in a subprocess, returning CompletedProcess (text);
+    `env` adds variables to this process's environment."""
     import subprocess
 
-    env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg", **(env or {}))
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, text=True,
                           capture_output=True, timeout=timeout, **kwargs)
 

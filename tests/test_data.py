@@ -109,3 +109,41 @@ def test_offline_cifar10_says_how_to_fix_it(tmp_path, monkeypatch):
     message = str(err.value)
     assert "could not be downloaded" in message and "cifar-10-python.tar.gz" in message
     assert "--dataset folder --data-dir DIR" in message
+
+
+def folder_of_images(root, n=6, size=8, ext="png"):
+    for i in range(n):
+        folder = root / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (size, size), (40 * i, 10, 200)).save(folder / f"{i}.{ext}")
+
+
+def test_a_damaged_folder_cache_is_decoded_again_and_replaced(tmp_path):
+    folder_of_images(tmp_path / "d")
+    cfg = DataConfig(dataset="folder", data_dir=str(tmp_path / "d"), image_size=8)
+    first = load_splits(cfg)
+    caches = list((tmp_path / "d" / ".sdlab-cache").glob("*.pt"))
+    assert len(caches) == 1
+    caches[0].write_bytes(b"damaged")
+    with pytest.warns(UserWarning, match="is damaged; decoding the folder again"):
+        again = load_splits(cfg)
+    assert torch.equal(torch.cat([first.train.images, first.test.images]),
+                       torch.cat([again.train.images, again.test.images]))
+    assert load_splits(cfg).train.images.shape == first.train.images.shape      # the cache is whole again
+
+
+def test_a_file_changed_with_its_size_and_mtime_kept_is_not_served_from_the_cache(tmp_path):
+    import os
+
+    folder_of_images(tmp_path / "d", ext="bmp")                # BMP: the byte size is fixed
+    cfg = DataConfig(dataset="folder", data_dir=str(tmp_path / "d"), image_size=8, val_fraction=0.5)
+    before = load_splits(cfg)
+    target = tmp_path / "d" / "a" / "1.bmp"
+    stat = target.stat()
+    Image.new("RGB", (8, 8), (255, 255, 0)).save(target)
+    assert target.stat().st_size == stat.st_size
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # what cp -p, rsync and unzip do
+    after = load_splits(cfg)
+    everything = lambda s: torch.cat([s.train.images, s.test.images])
+    assert not torch.equal(everything(before), everything(after))
+    assert (everything(after) == torch.tensor([255, 255, 0], dtype=torch.uint8)[:, None, None]).all(1).all(-1).all(-1).any()

@@ -116,3 +116,58 @@ def test_tiny_stable_diffusion_end_to_end_from_the_command_line(tmp_path):
     assert grid.stat().st_size > 0
     wrong = run_script(["-m", "sdlab.cli.sample", ldm_dir / "best.pt", "--class", "horse"], cwd=tmp_path)
     assert wrong.returncode == 2 and "choose one of disc" in wrong.stderr
+
+
+def test_latent_class_conditional_run_resumes_and_its_checkpoint_carries_its_vae(tmp_path, capsys):
+    import shutil
+
+    from sdlab.checkpoint import load_checkpoint
+    from sdlab.cli import sample, train_diffusion, train_vae
+
+    common = ["--dataset", "synthetic", "--synthetic-size", "40", "--imgsz", "16", "--batch", "20",
+              "--device", "cpu", "--precision", "fp32"]
+    vae_dir, ldm_dir = tmp_path / "vae", tmp_path / "ldm"
+    train_vae.main([*common, "--epochs", "1", "--num-chans", "8", "--save-dir", str(vae_dir)])
+    ldm = [*common, "--latent", "--vae-checkpoint", str(vae_dir / "best.pt"), "--class-cond",
+           "--hidden-dim", "8", "--down-scale", "1,2", "--attention-resolutions", "8", "--noise-steps", "20",
+           "--num-samples", "4", "--sample-steps", "2", "--save-dir", str(ldm_dir)]
+    train_diffusion.main([*ldm, "--epochs", "1"])
+    first = load_checkpoint(ldm_dir / "last.pt")
+    assert first["config"]["unet"]["attention_resolutions"] == [2]         # 8 px / f = 4
+    train_diffusion.main([*ldm, "--epochs", "2", "--resume"])               # the same command + --resume
+    resumed = load_checkpoint(ldm_dir / "last.pt")
+    assert resumed["epoch"] == 2 and resumed["config"]["unet"] == first["config"]["unet"]
+    attention = lambda state: sum(name.endswith("qkv.weight") for name in state["model"])
+    assert attention(resumed) == attention(first) > 1     # the 4x4 level's blocks, not just the middle
+    assert resumed["frozen"]["vae"]["sha256"] == resumed["config"]["latent_vae"]["vae_sha256"]
+
+    args = ["--class", "disc", "--num-samples", "2", "--steps", "2", "--device", "cpu"]
+    sample.main([str(ldm_dir / "best.pt"), *args, "--out", str(tmp_path / "before.png")])
+    moved = tmp_path / "elsewhere"
+    shutil.move(ldm_dir, moved)                    # the run folder moves, the VAE is replaced...
+    train_vae.main([*common, "--epochs", "1", "--num-chans", "8", "--save-dir", str(vae_dir),
+                    "--overwrite", "--seed", "5"])
+    sample.main([str(moved / "best.pt"), *args, "--out", str(tmp_path / "after.png")])
+    assert (tmp_path / "before.png").read_bytes() == (tmp_path / "after.png").read_bytes()
+    shutil.rmtree(vae_dir)                         # ... and then deleted: it still samples
+    sample.main([str(moved / "best.pt"), *args, "--out", str(tmp_path / "gone.png")])
+    assert (tmp_path / "gone.png").read_bytes() == (tmp_path / "before.png").read_bytes()
+
+
+def test_resuming_a_latent_run_with_another_vae_is_refused(tmp_path, capsys):
+    from sdlab.cli import train_diffusion, train_vae
+
+    common = ["--dataset", "synthetic", "--synthetic-size", "40", "--imgsz", "16", "--batch", "20",
+              "--device", "cpu", "--precision", "fp32", "--epochs", "1"]
+    for seed, folder in ((0, "vae"), (1, "other")):
+        train_vae.main([*common, "--num-chans", "8", "--seed", str(seed), "--save-dir", str(tmp_path / folder)])
+    ldm = [*common, "--latent", "--hidden-dim", "8", "--down-scale", "1,2", "--attention-resolutions", "8",
+           "--noise-steps", "20", "--num-samples", "4", "--sample-steps", "2", "--save-dir", str(tmp_path / "ldm")]
+    train_diffusion.main([*ldm, "--vae-checkpoint", str(tmp_path / "vae" / "best.pt")])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        train_diffusion.main([*ldm, "--vae-checkpoint", str(tmp_path / "other" / "best.pt"), "--resume"])
+    err = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and "is not the VAE this run was trained with" in err
+    assert len(err.splitlines()) == 1
+    train_diffusion.main([*ldm, "--epochs", "2", "--resume"])     # the carried VAE needs no flag

@@ -221,3 +221,149 @@ def test_config_file_sets_defaults_that_flags_override(tmp_path):
     assert configs["train"].lr == 0.005 and configs["train"].epochs == 3
     assert configs["loss"].kl_weight == 0.5
     assert math.isclose(parse(["--lr", "0.1", "--device", "cpu"])[0]["train"].lr, 0.1)
+
+
+class BlowUpAtStep(Trainer):
+    """A trainer whose weights turn NaN right after optimizer step `at` (the loss stays finite)."""
+
+    at = 0
+
+    def _optimizer_step(self):
+        super()._optimizer_step()
+        if self.step == self.at:
+            with torch.no_grad():
+                self.model.net[0].weight.fill_(float("nan"))
+
+
+def test_weights_blowing_up_on_an_epochs_last_step_keep_the_last_good_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, epochs=3)
+    trainer.__class__ = BlowUpAtStep
+    trainer.at = 6                    # 3 steps per epoch: the last step of epoch 2
+    with pytest.raises(TrainingStopped) as stopped:
+        trainer.fit()
+    message = str(stopped.value)
+    assert stopped.value.exit_code == 1
+    assert "non-finite validation loss after epoch 2" in message
+    assert "still holds the last good checkpoint (epoch 1, step 3)" in message
+    kept = load_checkpoint(tmp_path / "out" / "last.pt")
+    assert kept["epoch"] == 1 and all(torch.isfinite(v).all() for v in kept["model"].values())
+
+
+def test_non_finite_weights_are_never_written_by_a_signal_stop(tmp_path):
+    holder = {}
+
+    def stop_at_step_4(model, images, labels, generator=None, step=None):
+        if step == 4:
+            holder["trainer"].request_stop(signal.SIGTERM)
+        return toy_loss(model, images, labels, generator)
+
+    trainer = holder["trainer"] = make_trainer(tmp_path, stop_at_step_4, epochs=3)
+    trainer.__class__ = BlowUpAtStep
+    trainer.at = 5
+    with pytest.raises(TrainingStopped, match="non-finite model weights after step 5"):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "out" / "last.pt")["step"] == 3
+
+
+def test_infinite_learning_rate_or_weight_decay_is_refused():
+    for field in ("lr", "weight_decay", "min_delta", "max_minutes"):
+        with pytest.raises(ValueError, match=f"{field}: must be a finite number"):
+            TrainConfig(**{field: float("inf")})
+
+
+def test_a_new_run_never_overwrites_an_earlier_one_unless_asked(tmp_path):
+    from sdlab.errors import UserError
+
+    make_trainer(tmp_path, epochs=1).fit()
+    best = (tmp_path / "out" / "best.pt").read_bytes()
+    with pytest.raises(UserError, match="add --resume to continue it, or --overwrite"):
+        make_trainer(tmp_path, epochs=1).fit()
+    assert (tmp_path / "out" / "best.pt").read_bytes() == best
+    again = make_trainer(tmp_path, epochs=1, overwrite=True, seed=3)
+    again.fit()
+    assert (tmp_path / "out" / "best.pt").read_bytes() != best
+
+
+def test_resume_keeps_the_cosine_schedule_length_unless_reset(tmp_path):
+    settings = dict(epochs=4, scheduler="cosine", warmup_steps=1)
+    full = make_trainer(tmp_path / "full", **settings)
+    full.fit()
+    lrs = [r["lr"] for r in full.history]
+    holder = {}
+
+    def stop_in_epoch_3(model, images, labels, generator=None, step=None):
+        if step == 6:
+            holder["trainer"].request_stop()
+        return toy_loss(model, images, labels, generator)
+
+    cut = holder["trainer"] = make_trainer(tmp_path / "cut", stop_in_epoch_3, **settings)
+    with pytest.raises(TrainingStopped):
+        cut.fit()
+    longer = make_trainer(tmp_path / "cut", **dict(settings, epochs=6), resume="last")
+    longer.cfg = TrainConfig(**{**longer.cfg.__dict__, "epochs": 4})   # stop where the full run did
+    longer.fit()
+    assert longer.schedule.total_steps == full.schedule.total_steps == 12
+    assert [r["lr"] for r in longer.history] == pytest.approx(lrs)     # the same curve
+    log = (tmp_path / "cut" / "out" / "logs" / "train.log").read_text()
+    assert "kept the stored length of 12 steps (these flags give 18" in log
+
+    reset = make_trainer(tmp_path / "cut", **dict(settings, epochs=6), resume="last", reset_schedule=True)
+    reset.fit()
+    assert reset.schedule.total_steps == 18
+    assert "length changed from 12 to 18 steps" in (tmp_path / "cut" / "out" / "logs" / "train.log").read_text()
+
+
+def two_batch_validation(trainer: Trainer) -> Trainer:
+    trainer.val_loader = BatchLoader(make_synthetic(16, 8, seed=1), 8, shuffle=False, hflip=False,
+                                     drop_last=False)
+    return trainer
+
+
+def test_a_signal_during_validation_stops_there_and_resume_is_exact(tmp_path):
+    settings = dict(epochs=3, ema_decay=0.9)
+    full = two_batch_validation(make_trainer(tmp_path / "full", **settings))
+    full.fit()
+    holder, calls = {}, {"val": 0}
+
+    def signal_in_second_validation(model, images, labels, generator=None, step=None):
+        if generator is not None:
+            calls["val"] += 1
+            if calls["val"] == 3:          # epoch 2's validation, the first of its two batches
+                holder["trainer"].request_stop()
+        return toy_loss(model, images, labels, generator)
+
+    cut = holder["trainer"] = two_batch_validation(
+        make_trainer(tmp_path / "cut", signal_in_second_validation, **settings))
+    with pytest.raises(TrainingStopped):
+        cut.fit()
+    saved = load_checkpoint(tmp_path / "cut" / "out" / "last.pt")
+    assert (saved["epoch"], saved["batch"], saved["step"]) == (1, 3, 6)   # epoch 2 trained, not validated
+    resumed = two_batch_validation(make_trainer(tmp_path / "cut", resume="last", **settings))
+    resumed.fit()
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert [r["val/loss"] for r in full.history] == [r["val/loss"] for r in resumed.history]
+
+
+def test_leftover_temporaries_of_killed_writes_are_removed(tmp_path):
+    import os
+
+    from sdlab.checkpoint import remove_stale_temporaries
+
+    dead = tmp_path / ".last.pt.tmp999999999"
+    alive = tmp_path / f".best.pt.tmp{os.getpid()}"
+    other = tmp_path / "notes.tmp5"
+    for path in (dead, alive, other):
+        path.write_bytes(b"x")
+    assert remove_stale_temporaries(tmp_path) == [dead]
+    assert alive.exists() and other.exists() and not dead.exists()
+
+
+def test_resuming_from_a_checkpoint_of_another_kind_is_a_clear_error(tmp_path):
+    from sdlab.checkpoint import CheckpointError
+
+    make_trainer(tmp_path, epochs=1).fit()
+    other = make_trainer(tmp_path, epochs=2, resume="last")
+    other.run_config = {"kind": "vae"}
+    with pytest.raises(CheckpointError, match="a None checkpoint cannot resume a vae run"):
+        other.fit()

@@ -55,8 +55,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"no checkpoint at {path}; train first or pass the right path")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
+    except Exception as err:  # torch raises several types for damaged or foreign files
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise CheckpointError(f"cannot read checkpoint {path}: it is damaged, not a checkpoint, or "
+                              f"holds code, which is never loaded ({reason})") from None
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

@@ -167,10 +167,10 @@ def _load_folder(root: Path, cfg: DataConfig, seed: int) -> Splits:
         raise DataError(f"--data-dir {root} has {halves[0]}/ but no {other}/: add {other}/<class>/ "
                         f"folders, or lay out only <class>/ folders to split with --val-fraction")
     if halves:
-        train, test = (_decode_tree(root / s, cfg) for s in ("train", "test"))
-        if train.classes != test.classes:
-            raise DataError(f"--data-dir {root}: train/ and test/ hold different class folders")
-        return Splits(train, test)
+        if [n for n, _ in _list_classes(root / "train")] != [n for n, _ in _list_classes(root / "test")]:
+            raise DataError(f"--data-dir {root}: train/ and test/ hold different class folders; "
+                            "give both the same <class>/ folders")
+        return Splits(*(_decode_tree(root / s, cfg) for s in ("train", "test")))
     everything = _decode_tree(root, cfg)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(everything), generator=g)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import option, require
+from .config import option
 from .data import ImageSet, to_unit_range
 
 
@@ -91,8 +91,5 @@ def decode_latents(vae, z_scaled: torch.Tensor, scale: float) -> torch.Tensor:
 @dataclass(frozen=True)
 class LatentConfig:
     latent: bool = option(False, "train on VAE latents (latent diffusion) instead of pixels")
-    vae_checkpoint: str = option("", "VAE checkpoint (train_vae.py) whose encoder makes the latents")
-
-    def __post_init__(self):
-        require(not self.latent or bool(self.vae_checkpoint), "vae_checkpoint",
-                "--latent needs --vae-checkpoint PATH (a best.pt or last.pt from train_vae.py)")
+    vae_checkpoint: str = option("", "VAE checkpoint (train_vae.py) whose encoder makes the latents; "
+                                     "a resumed run uses the VAE its checkpoint carries")

@@ -42,10 +42,10 @@ def writable_file(path: str | Path, flag: str, suffixes: tuple[str, ...]) -> Pat
     The folder is created if needed (see `writable_dir`); an existing file must be writable.
     """
     target = Path(path)
-    if target.suffix.lower() not in suffixes:
-        raise UserError(f"{flag} {target}: the name must end in {', '.join(suffixes)}")
     if target.is_dir():
         raise UserError(f"{flag} {target} is a folder; give a file name such as {target / ('out' + suffixes[0])}")
+    if target.suffix.lower() not in suffixes:
+        raise UserError(f"{flag} {target}: the name must end in {', '.join(suffixes)}")
     writable_dir(target.parent, flag)
     if target.exists() and not os.access(target, os.W_OK):
         raise UserError(f"{flag} {target}: the file is read-only; choose another name or make it writable")

@@ -347,11 +347,14 @@ class Trainer:
                 self._stop_non_finite(f"{name} weights after step {self.step}")
         state = self.state_dict()
         for path in ([self.save_dir / "best.pt"] if best else []) + [self.save_dir / "last.pt"]:
+            existed = path.exists()
             try:
                 save_checkpoint(state, path)
             except OSError as err:
-                raise UserError(f"cannot write {path} ({err.strerror or err}); the previous {path.name} "
-                                "is intact: free disk space or fix the folder, then rerun with --resume") from None
+                kept = f"the previous {path.name} is intact" if existed else "nothing was written"
+                again = "with --resume" if (self.save_dir / "last.pt").exists() else "with --overwrite"
+                raise UserError(f"cannot write {path} ({err.strerror or err}); {kept}. Free disk space "
+                                f"or fix the folder, then run the command again {again}") from None
         self._saved = (self.epoch, self.batch, self.step)
 
     def _stop_non_finite(self, what: str) -> None:

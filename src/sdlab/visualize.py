@@ -13,11 +13,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
 
 
 def grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> torch.Tensor:
     """(B, C, H, W) in [-1, 1] -> one (3, H', W') image in [0, 1]."""
+    from torchvision.utils import make_grid  # imported on use: torchvision takes seconds to import
+
     images = (images.detach().float().cpu().clamp(-1, 1) + 1) / 2
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)

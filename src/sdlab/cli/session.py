@@ -13,6 +13,7 @@ import errno
 import functools
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -48,12 +49,18 @@ OS_ERROR_FIXES = {
 }
 
 
+def one_line_warning(message, category, *_where, **_kwargs) -> str:
+    """Warnings on the command line are one line each, like errors (no source line)."""
+    return f"warning: {message}\n"
+
+
 def user_errors(main: Callable) -> Callable:
     """A command's error boundary: what the user can fix is one line on stderr, exit status 2
     (1 for a run stopped by non-finite values, 130 for a signal); bugs keep their traceback."""
 
     @functools.wraps(main)
     def wrapped(argv=None):
+        warnings.formatwarning = one_line_warning
         try:
             return main(argv)
         except ConfigError as err:

@@ -90,6 +90,9 @@ def parse(argv=None) -> tuple[dict, torch.device, dict | None]:
             parser.error(f"--is-attn: give one 0/1 per level ({len(unet.channel_mults)} levels)")
         resolutions = tuple(unet.image_size // 2**i for i, on in enumerate(flags) if on)
         configs["unet"] = dataclasses.replace(unet, attention_resolutions=resolutions)
+    if configs["latent"].latent and not configs["latent"].vae_checkpoint and not configs["train"].resume:
+        parser.error("--vae-checkpoint: --latent needs --vae-checkpoint PATH (a best.pt or last.pt "
+                     "from train_vae.py)")
     device = resolve_device(parser, configs["train"])
     resumed = prepare_run(configs["train"], "diffusion")
     if resumed is not None:  # a resumed run keeps its architecture, schedule, VAE and conditioning
