@@ -287,6 +287,32 @@ def test_disk_full_while_saving_is_one_line_and_leaves_no_partial_file(tmp_path,
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "logs"]
 
 
+def test_a_folder_that_refuses_writes_is_reported_before_any_work(tmp_path, capsys, monkeypatch):
+    import sdlab.outputs
+
+    def refuse(*args, **kwargs):     # what a read-only folder does (root ignores chmod, so fake it)
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(sdlab.outputs.tempfile, "TemporaryFile", refuse)
+    with pytest.raises(SystemExit) as exited:
+        train_vae.main([*VAE, "--save-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and len(err.splitlines()) == 1
+    assert f"--save-dir {tmp_path / 'run'}: cannot write there (Permission denied)" in err
+
+
+def test_a_latent_checkpoint_whose_carried_vae_was_edited_is_refused(world, tmp_path, capsys):
+    state = load_checkpoint(Path(world["ldm"]) / "best.pt")
+    weights = state["frozen"]["vae"]["weights"]
+    name = next(iter(weights))
+    weights[name] = weights[name] + 1
+    torch.save(state, tmp_path / "edited.pt")
+    with pytest.raises(SystemExit) as exited:
+        sample.main([str(tmp_path / "edited.pt"), "--out", str(tmp_path / "g.png"), "--steps", "2"])
+    err = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and "do not match their SHA-256" in err and len(err.splitlines()) == 1
+
+
 def test_overwrite_starts_again_and_deletes_the_old_run(tmp_path, capsys):
     run = tmp_path / "run"
     train_vae.main([*VAE, "--save-dir", str(run)])

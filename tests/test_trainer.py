@@ -195,21 +195,6 @@ def test_sigint_in_a_subprocess_leaves_a_resumable_last_pt(tmp_path):
     assert load_checkpoint(out / "last.pt")["epoch"] == state["epoch"] + 1
 
 
-def test_bad_flag_values_fail_at_parse_time_with_one_line(tmp_path):
-    script = ROOT / "diffusers" / "train_vae.py"
-    cases = {
-        ("--early-stop-patience", "-1"): "--early-stop-patience: must be >= 0",
-        ("--scheduler", "linear"): "choose from",
-        ("--precision", "fp16", "--device", "cpu"): "--precision fp16 needs CUDA",
-        ("--imgsz", "30", "--dataset", "synthetic"): "--image-size",
-    }
-    for flags, expected in cases.items():
-        result = run_script([script, *flags, "--save-dir", tmp_path / "x", "--epochs", "1"], cwd=tmp_path)
-        assert result.returncode == 2, flags
-        lines = [l for l in result.stderr.strip().splitlines() if l]
-        assert len(lines) == 1 and expected in lines[0], (flags, result.stderr)
-
-
 def test_config_file_sets_defaults_that_flags_override(tmp_path):
     import json
 

@@ -1,7 +1,8 @@
 """sdlab: understand and train the components of Stable Diffusion on small images.
 
 Modules (imports point down):
-    config      ConfigError and the `require` check used by every config dataclass
+    errors      UserError, the base of every failure a user can fix
+    config      ConfigError and the `require` checks used by every config dataclass
     data        datasets -> in-memory uint8 tensors -> batches in [-1, 1]
     layers      blocks shared by the VAE and the U-Net
     likelihood  Gaussian KL and the discretized Gaussian likelihood (bits/dim)
@@ -10,7 +11,8 @@ Modules (imports point down):
     diffusion   noise schedules, training loss, samplers, guidance (never imports a network)
     latent      encode a dataset once with a frozen VAE, cache and scale the latents
     pipeline    U-Net + scheduler (+ VAE decoder, + guidance) -> images
-    checkpoint  atomic save, weights-only load
+    checkpoint  atomic save, weights-only load, leftover temporaries, weight digests
+    outputs     output folders and files, checked before the work that fills them
     ema         exponential moving average of weights
     trainer     fit / evaluate / early stopping / checkpoints / TensorBoard
     visualize   image grids and plots (matplotlib Agg)

@@ -62,7 +62,11 @@ def carried_vae(state: dict) -> dict:
 
 
 def build_vae(carried: dict, device: torch.device, path: str) -> VAE:
-    """A frozen VAE from `carried_vae`'s dict (`path` names the file it came from, for errors)."""
+    """A frozen VAE from `carried_vae`'s dict, after checking its weights against their SHA-256
+    (`path` names the file it came from, for errors)."""
+    if state_digest(carried["weights"]) != carried["sha256"]:
+        raise CheckpointError(f"{path}: the VAE weights it carries do not match their SHA-256; "
+                              "the file is damaged or was edited")
     vae = VAE(from_stored(VAEConfig, carried["config"]))
     load_weights(vae, carried["weights"], path)
     return vae.to(device).eval().requires_grad_(False)

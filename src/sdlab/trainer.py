@@ -322,7 +322,8 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         """Load `path` for --resume; CheckpointError when it is not a checkpoint of this run's kind."""
         state = load_checkpoint(path, self.device)
-        found, expected = state.get("config", {}).get("kind"), self.run_config.get("kind")
+        config = state.get("config") if isinstance(state, dict) else None
+        found, expected = (config or {}).get("kind"), self.run_config.get("kind")
         if found != expected:
             raise CheckpointError(f"--resume {path}: a {found} checkpoint cannot resume a {expected} "
                                   "run; pass the last.pt of this command's earlier run")
@@ -507,10 +508,12 @@ class Trainer:
         terms = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if "/" in k)
         self.log(f"epoch {self.epoch}/{cfg.epochs} step {self.step}  {terms}"
                  f"  {images_per_second:.0f} img/s{'  (best)' if improved else ''}")
+        if self._signal is not None:      # arrived during validation's last batch: skip the hook
+            self._stop_for_signal()
         if self.epoch_hook is not None:
             self.epoch_hook(self)
         self.writer.flush()
-        if self._signal is not None:     # arrived during validation's last batch or the hook
+        if self._signal is not None:      # arrived during the hook (sample grids take a while)
             self._stop_for_signal()
         if cfg.early_stop_patience and self.bad_epochs >= cfg.early_stop_patience:
             self.log(f"early stopping at epoch {self.epoch}: val/loss has not improved by more than "
