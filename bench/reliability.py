@@ -9,8 +9,9 @@ statuses, missing expected text, and cases that changed a file.
 
 Part 2 trains the default CPU VAE (base 32, 0.43M parameters) on the synthetic dataset at
 32x32 (2,000 images, batch 64: 31 steps per epoch, 3 epochs) and SIGKILLs it at a moment drawn
-uniformly over an uninterrupted run's duration, resuming after each kill, `--kills` times, then
-lets it finish. It reports how many kills left an unreadable last.pt, the optimizer steps each
+uniformly over what is left of the run (from the step in last.pt and an uninterrupted run's
+duration, plus 5 s), resuming after each kill, `--kills` times, then
+lets it finish (or stops early when a run completes before its kill). It reports how many kills left an unreadable last.pt, the optimizer steps each
 kill lost (the step the progress bar had reached minus the step in last.pt) and whether the
 final weights equal an uninterrupted run's bit for bit. It runs once with
 `--save-every-steps N` and once with epoch-end checkpoints only.
@@ -88,9 +89,11 @@ def kill_campaign(root: Path, kills: int, save_every: int, seed: int) -> dict:
             _, err = proc.communicate(timeout=3600)
             assert proc.returncode == 0, err
             break
-        try:
-            proc.wait(timeout=rng.uniform(0, duration))
-            continue                      # it finished before the kill: start it again
+        saved = load_checkpoint(killed / "last.pt")["step"] if resume else 0
+        try:   # a moment drawn over what is left of the run (start-up included)
+            proc.wait(timeout=rng.uniform(0, duration * (1 - saved / (3 * STEPS_PER_EPOCH)) + 5))
+            assert proc.returncode == 0, proc.stderr.read()
+            break                         # it finished before the kill: training is complete
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate()

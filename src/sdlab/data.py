@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import option, require, require_choice, require_finite
 from .errors import UserError
 
@@ -246,6 +246,8 @@ def _read_cache(path: Path, count: int, size: int) -> torch.Tensor | None:
 
 def _write_cache(path: Path, images: torch.Tensor) -> None:
     try:
+        if path.parent.is_dir():
+            remove_stale_temporaries(path.parent)      # of writes cut short by a kill
         save_checkpoint({"images": images}, path)
     except OSError:
         pass  # a read-only data folder only costs a re-decode next time

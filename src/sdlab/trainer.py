@@ -313,15 +313,15 @@ class Trainer:
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.best, self.bad_epochs = dict(state["best"]), state["bad_epochs"]
         self.partial, self.history = dict(state["partial"]), list(state["history"])
-        torch.set_rng_state(state["rng"]["cpu"])
+        torch.set_rng_state(state["rng"]["cpu"].cpu())      # RNG states are CPU byte tensors
         if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
         self._saved = (self.epoch, self.batch, self.step)
         return notes
 
     def _resume(self, path: Path) -> None:
         """Load `path` for --resume; CheckpointError when it is not a checkpoint of this run's kind."""
-        state = load_checkpoint(path, self.device)
+        state = load_checkpoint(path, "cpu")     # load_state_dict moves each part where it belongs
         config = state.get("config") if isinstance(state, dict) else None
         found, expected = (config or {}).get("kind"), self.run_config.get("kind")
         if found != expected:
