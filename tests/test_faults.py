@@ -375,3 +375,15 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(tmp_path):
         for name, tensor in expected[part].items():
             assert torch.equal(got[part][name], tensor), (part, name)
     assert not list(killed.glob(".*.tmp*"))        # temporaries of killed writes are cleaned up
+
+
+def test_a_saved_config_passed_back_never_resumes_or_overwrites_by_itself(tmp_path, capsys):
+    run = tmp_path / "run"
+    train_vae.main([*VAE, "--save-dir", str(run)])
+    train_vae.main([*VAE, "--save-dir", str(run), "--overwrite"])
+    stored = json.loads((run / "config.json").read_text())["train"]
+    assert (stored["resume"], stored["overwrite"], stored["reset_schedule"]) == ("", False, False)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        train_vae.main(["--config", str(run / "config.json")])
+    assert exited.value.code == 2 and "already holds last.pt and best.pt" in capsys.readouterr().err

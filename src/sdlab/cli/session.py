@@ -9,6 +9,7 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import json
@@ -27,6 +28,9 @@ from ..outputs import writable_file
 from ..pipeline import load_trained
 from ..trainer import CHECKPOINTS, DEVICES, TrainConfig, Trainer, pick_device, prepare_run_dir
 from .flags import Parser, add_config_flags, config_dict, flag_name, print_error_and_exit
+
+# TrainConfig fields that act once, on the command line, and are never stored.
+ONE_OFF_ACTIONS = {"resume": "", "overwrite": False, "reset_schedule": False}
 
 # The original repo's flag names, kept as aliases of the shared flags.
 SHARED_ALIASES = {
@@ -163,7 +167,11 @@ def build_loaders(data: DataConfig, train: TrainConfig, device: torch.device,
 
 
 def save_run_config(configs: dict, save_dir: str) -> dict:
-    """Write the resolved config as SAVE_DIR/config.json; returns it as a plain dict."""
+    """Write the resolved config as SAVE_DIR/config.json; returns it as a plain dict.
+
+    The one-off actions (--resume, --overwrite, --reset-schedule) are stored at their defaults:
+    a config passed back with --config must never resume or delete a run by itself."""
+    configs = dict(configs, train=dataclasses.replace(configs["train"], **ONE_OFF_ACTIONS))
     resolved = config_dict(configs)
     path = Path(save_dir)
     path.mkdir(parents=True, exist_ok=True)
