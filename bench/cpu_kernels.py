@@ -1,9 +1,9 @@
 """The CPU measurements behind the trainer's choices (BENCHMARKS.md, "What made the difference").
 
 Median milliseconds of forward + backward (or one optimizer step) on random tensors, 2 threads:
-    conv       3x3 conv 64->64 on 64x64x32x32 bf16, NCHW vs NHWC       (trainer.memory_format)
+    conv       3x3 conv 64->64 on 64x64x32x32 bf16, NCHW vs NHWC       (runtime.memory_format)
     groupnorm  GroupNorm + SiLU in bf16: native NCHW, native NHWC, ours  (groupnorm.GroupNormNHWC)
-    adamw      one AdamW step of the cpu U-Net, foreach vs fused          (trainer.fused_optimizer)
+    adamw      one AdamW step of the cpu U-Net, foreach vs fused          (runtime.fused_optimizer)
     attention  self-attention over 256 tokens of 256 channels (ddpm-cifar10 at 16x16), bf16:
                SDPA default kernel, SDPA math kernel, two matmuls      (layers.attention_matmuls)
     tiny conv  3x3 conv 128->128 at 2x2 and 4x4 bf16 (latent U-Net levels): native, ours (layers.TinyMapConv)

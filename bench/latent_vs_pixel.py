@@ -23,7 +23,7 @@ from timing import images_per_second, training_step
 
 from sdlab.diffusion import DiffusionConfig, diffusion_loss
 from sdlab.pipeline import DiffusionPipeline
-from sdlab.trainer import autocast, memory_format
+from sdlab.runtime import autocast, memory_format
 from sdlab.unet import PRESETS, UNet, UNetConfig
 from sdlab.vae import VAE, VAEConfig
 from sdlab.visualize import plot_bars

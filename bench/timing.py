@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from sdlab.trainer import autocast, fused_optimizer
+from sdlab.runtime import autocast, fused_optimizer
 
 
 def training_step(model: torch.nn.Module, loss: Callable[[], torch.Tensor], precision: str) -> Callable[[], None]:

@@ -5,7 +5,7 @@ levels, dropout) and trained in the same process on the same random batch: forwa
 backward, AdamW step (fused, as the trainer builds it). Each round times every network in turn
 (median images/s over timed steps after warm-up), so a slow spell of the machine hits both;
 the ratio reported is the median of the per-round ratios. sdlab runs in the memory format its
-trainer uses on CPU (`trainer.memory_format`: channels-last); diffusers runs as it comes
+trainer uses on CPU (`runtime.memory_format`: channels-last); diffusers runs as it comes
 (contiguous) and, in fp32, also channels-last, so the comparison is shown both ways.
 
     pip install -e ".[bench]"
@@ -21,7 +21,7 @@ import statistics
 import torch
 from timing import images_per_second, training_step
 
-from sdlab.trainer import memory_format
+from sdlab.runtime import memory_format
 from sdlab.unet import PRESETS, UNet, UNetConfig
 
 

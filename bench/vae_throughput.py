@@ -12,7 +12,7 @@ import argparse
 import torch
 from timing import images_per_second, training_step
 
-from sdlab.trainer import memory_format
+from sdlab.runtime import memory_format
 from sdlab.vae import VAE, VAEConfig, VAELossConfig, vae_loss
 
 CONFIGS = {

@@ -80,8 +80,11 @@ CASES = [
         ("--lr ten", "expected a number, got 'ten'"),
         ("--epochs 1.5", "invalid int value"),
         ("--scheduler linear", "invalid choice"),
-        ("--precision fp16", "--precision fp16 needs CUDA"),
+        ("--precision fp16", "--precision fp16: needs CUDA"),
         ("--device cuda", "--device cuda: no CUDA device is visible"),
+        ("--device cuda:1", "--device cuda:1: no CUDA device is visible"),
+        ("--device gpu", "--device: got 'gpu'; choose auto"),
+        ("--device mps", "--device mps: mps: this torch build or machine has no Apple GPU"),
         ("--resume --overwrite", "--overwrite: cannot be combined with --resume"),
         ("--channel-multipliers 1,x", "expected ints like 1,2,2"),
         ("--in-chans 1", "--in-channels: is 1 but --dataset synthetic has 3 channels"),
@@ -169,6 +172,7 @@ CASES = [
     case("eval_vae", "{vae}/best.pt --out {w}", "is a folder"),
     case("eval_vae", f"{{vae}}/best.pt --out {UNWRITABLE}/e.json", "cannot write there"),
     case("eval_vae", "{vae}/best.pt --device cuda --out {s}/e.json", "--device: no CUDA device is visible"),
+    case("eval_vae", "{vae}/best.pt --device cuda0 --out {s}/e.json", "--device: got 'cuda0'; choose auto"),
     case("eval_vae", "{vae}/best.pt --figures {w}/notes.txt --out {s}/e.json", "--figures {w}/notes.txt"),
     case("eval_vae", "{vae}/best.pt --dataset folder --data-dir {w}/missing --out {s}/e.json", "does not exist"),
     case("eval_vae", "{vae}/best.pt --dataset folder --data-dir {w}/half --out {s}/e.json", "has train/ but no test/"),
@@ -231,6 +235,13 @@ def resolve(case_: Case, places: dict[str, str]) -> tuple[list[str], str]:
     return args, case_.expect.format(**fill)
 
 
+def device_missing(case_: Case) -> bool:
+    """False when the case names a device that this machine has (its error would not happen)."""
+    if any(arg.startswith("cuda") for arg in case_.args) and torch.cuda.is_available():
+        return False
+    return not ("mps" in case_.args and torch.backends.mps.is_available())
+
+
 def file_state(*folders: str) -> dict[str, str]:
     """Every file under `folders` with the SHA-1 of its bytes (folders themselves may appear)."""
     state = {}
@@ -243,8 +254,8 @@ def file_state(*folders: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("case_", CASES, ids=[c.id for c in CASES])
 def test_user_mistake_is_one_line_without_traceback_and_touches_no_file(case_, world, capsys):
-    if "cuda" in case_.args and torch.cuda.is_available():
-        pytest.skip("the case expects a machine without CUDA")
+    if not device_missing(case_):
+        pytest.skip("the case expects a machine without this device")
     args, expect = resolve(case_, world)
     capsys.readouterr()
     before = file_state(world["w"], world["s"])
@@ -266,7 +277,7 @@ def test_as_real_processes_the_scripts_give_the_same_one_line(world):
                "train_diffusion": [ROOT / "diffusers" / "train_diffusion.py"],
                "sample": ["-m", "sdlab.cli.sample"]}
     for case_ in picks:
-        if "cuda" in case_.args and torch.cuda.is_available():
+        if not device_missing(case_):
             continue
         args, expect = resolve(case_, world)
         result = run_script([*scripts[case_.command], *args], cwd=world["s"])

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from sdlab import groupnorm
 from sdlab.groupnorm import GroupNorm, GroupNormNHWC, is_channels_last
 from sdlab.layers import Attention, Conv2d, Dropout, TinyMapConv, attention_matmuls
-from sdlab.trainer import fused_optimizer, memory_format
+from sdlab.runtime import fused_optimizer, memory_format
 
 NHWC = torch.channels_last
 

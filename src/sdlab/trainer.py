@@ -24,7 +24,6 @@ import math
 import signal
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,16 +33,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from .config import ConfigError, option, require, require_choice, require_finite
+from .config import option, require, require_choice, require_finite
 from .data import BatchLoader
 from .ema import EMA
 from .errors import UserError
 from .outputs import writable_dir
+from .runtime import DEVICE_HELP, PRECISIONS, autocast, check_device_name, fused_optimizer, memory_format
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "plateau")
-PRECISIONS = ("fp32", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
 
 LossFn = Callable[..., dict]
 
@@ -66,7 +64,7 @@ class TrainConfig:
     grad_accum: int = option(1, "accumulate gradients over this many batches per step")
     ema_decay: float = option(0.0, "EMA decay of the weights used for validation (0 disables)")
     precision: str = option("fp32", "autocast precision (fp16 needs CUDA)", choices=PRECISIONS)
-    device: str = option("auto", "auto takes CUDA when present", choices=DEVICES)
+    device: str = option("auto", DEVICE_HELP)
     seed: int = option(0, "seed of weights, batches and noise")
     early_stop_patience: int = option(0, "stop after this many epochs without improvement (0 disables)")
     min_delta: float = option(0.0, "smallest drop of val/loss that counts as improvement")
@@ -98,7 +96,7 @@ class TrainConfig:
         require_choice(self.optimizer, OPTIMIZERS, "optimizer")
         require_choice(self.scheduler, SCHEDULERS, "scheduler")
         require_choice(self.precision, PRECISIONS, "precision")
-        require_choice(self.device, DEVICES, "device")
+        check_device_name(self.device)
         require(not (self.resume and self.overwrite), "overwrite", "cannot be combined with --resume")
 
     @property
@@ -115,15 +113,6 @@ class TrainingStopped(UserError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def pick_device(name: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU. Raises ConfigError for 'cuda' without CUDA."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", "no CUDA device is visible; use --device cpu or auto")
-    return torch.device(name)
 
 
 def prepare_run_dir(cfg: TrainConfig) -> Path | None:
@@ -149,35 +138,6 @@ def prepare_run_dir(cfg: TrainConfig) -> Path | None:
     for name in (*found, "history.json"):
         (save_dir / name).unlink(missing_ok=True)
     return None
-
-
-def memory_format(device: torch.device, image_size: int) -> torch.memory_format:
-    """Channels-last (NHWC) on CPU for inputs of 16x16 and up, contiguous (NCHW) otherwise.
-
-    On the 2-core AVX-512/AMX CPU, oneDNN's bf16 convolutions on 32x32 maps run about 2x faster
-    NHWC than NCHW (bench/cpu_kernels.py; groupnorm.GroupNorm replaces the slow NHWC bf16 GroupNorm),
-    and whole U-Net steps gain too (bench/unet_vs_diffusers.py). On 8x8 latents per-op overhead
-    dominates and NCHW steps were 5-10% faster. GPUs keep PyTorch's default.
-    """
-    return torch.channels_last if device.type == "cpu" and image_size >= 16 else torch.contiguous_format
-
-
-def fused_optimizer(model: nn.Module) -> bool:
-    """Whether Adam/AdamW can use torch's fused kernel (one pass over all parameters) for `model`.
-
-    It exists for floating-point parameters on CPU and CUDA; on 2 cores it takes the optimizer
-    step of the 4.4M-parameter U-Net from 13.4 ms (the default foreach kernel) to 2.6 ms
-    (bench/cpu_kernels.py).
-    """
-    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
-
-
-def autocast(device: torch.device, precision: str):
-    """The autocast context for `precision` (bf16 works on CPU too)."""
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 class LRSchedule:

@@ -18,7 +18,7 @@ from ..data import IMAGE_EXTENSIONS
 from ..diffusion.sampling import SAMPLERS, SPACINGS, VARIANCES, ddim_timesteps
 from ..outputs import writable_dir, writable_file
 from ..pipeline import DiffusionPipeline
-from ..trainer import DEVICES, autocast, pick_device
+from ..runtime import DEVICE_HELP, autocast, pick_device
 from ..visualize import save_grid
 from .flags import Parser, finite_float
 from .session import user_errors
@@ -42,7 +42,7 @@ def build_parser() -> Parser:
     parser.add_argument("--out", default="samples.png", help="grid PNG to write")
     parser.add_argument("--per-image-dir", default=None, help="also write one PNG per image here")
     parser.add_argument("--nrow", type=int, default=8)
-    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     return parser
 

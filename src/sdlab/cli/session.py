@@ -26,7 +26,8 @@ from ..data import DATASETS, BatchLoader, DataConfig, Splits, load_splits
 from ..errors import UserError
 from ..outputs import writable_file
 from ..pipeline import load_trained
-from ..trainer import CHECKPOINTS, DEVICES, TrainConfig, Trainer, pick_device, prepare_run_dir
+from ..runtime import DEVICE_HELP, check_precision, pick_device
+from ..trainer import CHECKPOINTS, TrainConfig, Trainer, prepare_run_dir
 from .flags import Parser, add_config_flags, config_dict, flag_name, print_error_and_exit
 
 # TrainConfig fields that act once, on the command line, and are never stored.
@@ -91,21 +92,13 @@ def shared_parser(prog: str, description: str) -> Parser:
     return parser
 
 
-def default_precision(device: torch.device) -> str:
-    """bf16 where the hardware runs it natively (CUDA, or CPUs with AVX512-BF16/AMX), else fp32."""
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-
-
 def resolve_device(parser: Parser, train: TrainConfig) -> torch.device:
-    """The one place a device is chosen; fp16 is refused off CUDA."""
+    """The training commands' device (see `runtime.pick_device`); a precision it cannot run is refused."""
     try:
         device = pick_device(train.device)
+        check_precision(device, train.precision)
     except ConfigError as err:
-        parser.error(f"--device {train.device}: {err.message}")
-    if train.precision == "fp16" and device.type != "cuda":
-        parser.error(f"--precision fp16 needs CUDA (device is {device.type}); use --precision bf16 or fp32")
+        parser.error(f"--{err.field} {getattr(train, err.field)}: {err.message}")
     return device
 
 
@@ -135,7 +128,7 @@ def eval_parser(prog: str, description: str, json_name: str) -> Parser:
     parser.add_argument("--dataset", choices=DATASETS, default=None, help="default: the training dataset")
     parser.add_argument("--data-dir", default=None, help="default: the training data dir")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--out", default=None, help=f"JSON file (default: {json_name} beside the checkpoint)")
     return parser
 

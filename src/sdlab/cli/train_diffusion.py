@@ -27,7 +27,8 @@ from ..trainer import TrainConfig, Trainer
 from ..unet import PRESETS, UNet, UNetConfig
 from ..visualize import grid, plot_history, save_grid
 from .flags import add_config_flags, build_configs
-from .session import (build_loaders, default_precision, prepare_run, resolve_device, run_training,
+from ..runtime import default_precision
+from .session import (build_loaders, prepare_run, resolve_device, run_training,
                       save_run_config, shared_parser, user_errors)
 
 # The original repo's flags and the fields they set. --down-scale gives the per-level channel

@@ -15,7 +15,8 @@ from ..trainer import TrainConfig, Trainer
 from ..vae import VAE, VAEConfig, VAELossConfig, vae_loss
 from ..visualize import grid
 from .flags import add_config_flags, build_configs
-from .session import (build_loaders, default_precision, prepare_run, resolve_device, run_training,
+from ..runtime import default_precision
+from .session import (build_loaders, prepare_run, resolve_device, run_training,
                       save_run_config, shared_parser, user_errors)
 
 # The original repo's VAE flags and what they set. --B is beta (the KL weight); --reduction

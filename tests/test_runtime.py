@@ -1,0 +1,36 @@
+import pytest
+import torch
+
+from sdlab.config import ConfigError
+from sdlab.runtime import autocast, check_device_name, check_precision, default_precision, pick_device
+
+
+def test_device_names_are_checked_before_the_hardware():
+    for name in ("auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"):
+        check_device_name(name)
+    for name in ("gpu", "cuda0", "cuda:", "CPU", "cuda:-1", ""):
+        with pytest.raises(ConfigError, match="choose auto"):
+            check_device_name(name)
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_a_clear_error():
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(ConfigError, match="no CUDA device is visible"):
+            pick_device(name)
+
+
+def test_precision_rules():
+    cpu = torch.device("cpu")
+    assert default_precision(cpu) in ("fp32", "bf16")
+    check_precision(cpu, "bf16")
+    with pytest.raises(ConfigError, match="needs CUDA"):
+        check_precision(cpu, "fp16")
+    with pytest.raises(ConfigError, match="choose one of fp32, bf16, fp16"):
+        check_precision(cpu, "fp8")
+    with autocast(cpu, "bf16"):
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast(cpu, "fp32"):
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
