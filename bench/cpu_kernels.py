@@ -2,11 +2,11 @@
 
 Median milliseconds of forward + backward (or one optimizer step) on random tensors, 2 threads:
     conv       3x3 conv 64->64 on 64x64x32x32 bf16, NCHW vs NHWC       (runtime.memory_format)
-    groupnorm  GroupNorm + SiLU in bf16: native NCHW, native NHWC, ours  (groupnorm.GroupNormNHWC)
+    groupnorm  GroupNorm + SiLU in bf16: native NCHW, native NHWC, ours  (kernels.groupnorm.GroupNormNHWC)
     adamw      one AdamW step of the cpu U-Net, foreach vs fused          (runtime.fused_optimizer)
     attention  self-attention over 256 tokens of 256 channels (ddpm-cifar10 at 16x16), bf16:
-               SDPA default kernel, SDPA math kernel, two matmuls      (layers.attention_matmuls)
-    tiny conv  3x3 conv 128->128 at 2x2 and 4x4 bf16 (latent U-Net levels): native, ours (layers.TinyMapConv)
+               SDPA default kernel, SDPA math kernel, two matmuls      (kernels.attention.attention_matmuls)
+    tiny conv  3x3 conv 128->128 at 2x2 and 4x4 bf16 (latent U-Net levels): native, ours (kernels.conv.TinyMapConv)
 and the U-Net's forward + backward GFLOP per image on pixels (3x32x32) and latents (4x8x8).
 
     python bench/cpu_kernels.py [--threads 2]
@@ -24,8 +24,9 @@ from timing import median_seconds
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from sdlab.groupnorm import GroupNorm
-from sdlab.layers import TinyMapConv, attention_matmuls
+from sdlab.kernels.groupnorm import GroupNorm
+from sdlab.kernels.attention import attention_matmuls
+from sdlab.kernels.conv import TinyMapConv
 from sdlab.unet import PRESETS, UNet, UNetConfig
 
 NHWC = torch.channels_last
@@ -39,7 +40,7 @@ def conv_ms(shape, out_channels: int, fmt: torch.memory_format, tiny_map: bool =
     x = torch.randn(shape).to(torch.bfloat16).contiguous(memory_format=fmt).requires_grad_()
     w = torch.randn(out_channels, shape[1], 3, 3).to(torch.bfloat16).contiguous(memory_format=fmt).requires_grad_()
     grad = torch.randn(shape[0], out_channels, *shape[2:]).to(torch.bfloat16).contiguous(memory_format=fmt)
-    if tiny_map:    # layers.Conv2d's path on maps of 16 pixels or fewer
+    if tiny_map:    # kernels.conv.Conv2d's path on maps of 16 pixels or fewer
         return median_ms(lambda: TinyMapConv.apply(x, w, None, (1, 1), (1, 1)).backward(grad))
     return median_ms(lambda: F.conv2d(x, w, padding=1).backward(grad))
 

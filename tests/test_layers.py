@@ -4,9 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sdlab import groupnorm
-from sdlab.groupnorm import GroupNorm, GroupNormNHWC, is_channels_last
-from sdlab.layers import Attention, Conv2d, Dropout, TinyMapConv, attention_matmuls
+from sdlab.kernels import groupnorm
+from sdlab.kernels.groupnorm import GroupNorm, GroupNormNHWC, is_channels_last
+from sdlab.kernels.attention import attention_matmuls
+from sdlab.kernels.conv import Conv2d, TinyMapConv
+from sdlab.kernels.dropout import Dropout
+from sdlab.layers import Attention
 from sdlab.runtime import fused_optimizer, memory_format
 
 NHWC = torch.channels_last

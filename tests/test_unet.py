@@ -95,7 +95,7 @@ def test_sample_command_refuses_a_vae_checkpoint_in_one_line(tmp_path):
 
 
 def test_fast_dropout_drops_at_rate_p_and_keeps_the_mean():
-    from sdlab.layers import Dropout
+    from sdlab.kernels.dropout import Dropout
 
     torch.manual_seed(0)
     drop = Dropout(0.1)

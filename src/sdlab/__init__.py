@@ -4,6 +4,8 @@ Modules (imports point down):
     errors      UserError, the base of every failure a user can fix
     config      ConfigError and the `require` checks used by every config dataclass
     data        datasets -> in-memory uint8 tensors -> batches in [-1, 1]
+    runtime     device, default precision, memory format, autocast: chosen in one place
+    kernels     CPU fast paths (GroupNorm, conv, dropout, attention) with PyTorch's state-dict keys
     layers      blocks shared by the VAE and the U-Net
     likelihood  Gaussian KL and the discretized Gaussian likelihood (bits/dim)
     vae         VAEConfig, DiagonalGaussian, VAE, vae_loss

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .config import option, require, require_finite
-from .groupnorm import GroupNorm
+from .kernels.groupnorm import GroupNorm
 from .layers import Attention, Downsample, ResBlock, Upsample
 
 PRESETS = {

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .config import option, require, require_choice, require_finite
-from .groupnorm import GroupNorm
+from .kernels.groupnorm import GroupNorm
 from .layers import Downsample, ResBlock, Upsample
 
 RECON_LOSSES = ("mse", "l1")

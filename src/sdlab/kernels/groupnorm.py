@@ -3,12 +3,12 @@
 GroupNorm (Wu & He, arXiv:1803.08494, eq. 1-2) normalises each sample's group of C/G channels
 over the channels and H, W, then applies a per-channel affine: y = gamma * xhat + beta.
 
-Why a second path: on CPU, bf16 convolutions are about 2x faster channels-last (NHWC) than NCHW,
-but torch 2.14's native NHWC bf16 GroupNorm backward is about 17x slower than its NCHW one, and
-the same maths from plain tensor ops (one pass over memory per op, ~25 passes) was still 1.7x
-slower than native NCHW. `GroupNormNHWC` writes it as four small elementwise-and-reduce
-functions that torch.compile fuses into kernels reading the big tensors once
-(bench/cpu_kernels.py; BENCHMARKS.md, "U-Net vs Hugging Face diffusers").
+Why a second path: on CPU, bf16 convolutions are faster channels-last (NHWC) than NCHW, but
+torch 2.14's native NHWC bf16 GroupNorm backward is many times slower than its NCHW one, and the
+same maths from plain tensor ops (one pass over memory per op) was still slower than native
+NCHW. `GroupNormNHWC` writes it as four small elementwise-and-reduce functions that
+torch.compile fuses into kernels reading the big tensors once (timings: bench/cpu_kernels.py,
+BENCHMARKS.md, "U-Net vs Hugging Face diffusers").
 """
 
 from __future__ import annotations
