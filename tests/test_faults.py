@@ -26,6 +26,7 @@ import torch
 
 from sdlab.checkpoint import load_checkpoint
 from sdlab.cli import eval_diffusion, eval_vae, sample, train_diffusion, train_vae
+from sdlab.outputs import LOCK_NAME
 
 from conftest import ROOT, run_script
 
@@ -243,11 +244,12 @@ def device_missing(case_: Case) -> bool:
 
 
 def file_state(*folders: str) -> dict[str, str]:
-    """Every file under `folders` with the SHA-1 of its bytes (folders themselves may appear)."""
+    """Every file under `folders` with the SHA-1 of its bytes. Folders may appear, and so may a
+    run folder's `.lock`: a training command claims its save dir before the work starts."""
     state = {}
     for folder in folders:
         for path in sorted(Path(folder).rglob("*")):
-            if path.is_file():
+            if path.is_file() and path.name != LOCK_NAME:
                 state[str(path)] = hashlib.sha1(path.read_bytes()).hexdigest()
     return state
 
@@ -299,7 +301,7 @@ def test_disk_full_while_saving_is_one_line_and_leaves_no_partial_file(tmp_path,
     assert exited.value.code == 2 and len(errors) == 1 and "Traceback" not in err
     assert "cannot write" in errors[0] and "No space left on device" in errors[0]
     assert "nothing was written" in errors[0]
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "logs"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [LOCK_NAME, "config.json", "logs"]
 
 
 def test_a_folder_that_refuses_writes_is_reported_before_any_work(tmp_path, capsys, monkeypatch):
@@ -398,3 +400,21 @@ def test_a_saved_config_passed_back_never_resumes_or_overwrites_by_itself(tmp_pa
     with pytest.raises(SystemExit) as exited:
         train_vae.main(["--config", str(run / "config.json")])
     assert exited.value.code == 2 and "already holds last.pt and best.pt" in capsys.readouterr().err
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_with_the_holder(tmp_path):
+    from sdlab.errors import UserError
+    from sdlab.outputs import lock_dir
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sdlab.outputs import lock_dir; "
+                               f"lock_dir({str(tmp_path)!r}, '--save-dir'); print('locked', flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=f"is in use by process {holder.pid} on"):
+            lock_dir(tmp_path, "--save-dir")
+    finally:
+        holder.kill()
+        holder.wait()
+    lock_dir(tmp_path, "--save-dir")     # a killed holder leaves no stale lock
+    lock_dir(tmp_path, "--save-dir")     # and taking it again in one process is a no-op

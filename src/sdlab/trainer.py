@@ -37,7 +37,7 @@ from .config import option, require, require_choice, require_finite
 from .data import BatchLoader
 from .ema import EMA
 from .errors import UserError
-from .outputs import writable_dir
+from .outputs import lock_dir, unlock_dir, writable_dir
 from .runtime import DEVICE_HELP, PRECISIONS, autocast, check_device_name, fused_optimizer, memory_format
 
 OPTIMIZERS = ("adam", "adamw")
@@ -118,13 +118,15 @@ class TrainingStopped(UserError):
 def prepare_run_dir(cfg: TrainConfig) -> Path | None:
     """Check the save and log dirs before any work; returns the checkpoint to resume from.
 
-    Both folders must be writable. Leftover temporaries of a killed checkpoint write are
+    Both folders must be writable, and the save dir is locked for this process (`lock_dir`: a
+    second run into it is refused). Leftover temporaries of a killed checkpoint write are
     removed. Without `resume`, a save dir that already holds checkpoints is refused unless
     `overwrite` is set, which deletes them (and history.json) so nothing of the old run mixes
     with the new one. Raises UserError naming the flag and the fix.
     """
     save_dir = writable_dir(cfg.save_dir, "--save-dir")
     writable_dir(cfg.logs, "--log-dir")
+    lock_dir(save_dir, "--save-dir")
     remove_stale_temporaries(save_dir)
     if cfg.resume:
         path = save_dir / "last.pt" if cfg.resume == "last" else Path(cfg.resume)
@@ -347,20 +349,23 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         cfg = self.cfg
-        resume = prepare_run_dir(cfg)
-        if resume is not None:
-            self._resume(resume)
-        self.writer = SummaryWriter(str(cfg.logs))
-        self._deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
-        previous = self._install_signal_handlers()
+        resume = prepare_run_dir(cfg)          # locks the save dir until fit returns
+        previous = {}
         try:
+            if resume is not None:
+                self._resume(resume)
+            self.writer = SummaryWriter(str(cfg.logs))
+            self._deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
+            previous = self._install_signal_handlers()
             with torch.autograd.set_detect_anomaly(cfg.debug):
                 while self.epoch < cfg.epochs and not self._out_of_steps():
                     if self._train_epoch():
                         break
         finally:
             self._restore_signal_handlers(previous)
-            self.writer.close()
+            if self.writer is not None:
+                self.writer.close()
+            unlock_dir(self.save_dir)
         return self.history
 
     def _out_of_steps(self) -> bool:

@@ -24,7 +24,7 @@ from ..checkpoint import CheckpointError
 from ..config import ConfigError
 from ..data import DATASETS, BatchLoader, DataConfig, Splits, load_splits
 from ..errors import UserError
-from ..outputs import writable_file
+from ..outputs import unlock_dir, writable_file
 from ..pipeline import load_trained
 from ..runtime import DEVICE_HELP, check_precision, pick_device
 from ..trainer import CHECKPOINTS, TrainConfig, Trainer, prepare_run_dir
@@ -78,6 +78,8 @@ def user_errors(main: Callable) -> Callable:
             print_error_and_exit(f"{where}{err.strerror or err} ({fix})")
         except KeyboardInterrupt:
             print_error_and_exit("interrupted", 130)
+        finally:
+            unlock_dir()     # a command's run folders are free when it ends, also called in-process
 
     return wrapped
 
