@@ -171,3 +171,16 @@ def test_resuming_a_latent_run_with_another_vae_is_refused(tmp_path, capsys):
     assert exited.value.code == 2 and "is not the VAE this run was trained with" in err
     assert len(err.splitlines()) == 1
     train_diffusion.main([*ldm, "--epochs", "2", "--resume"])     # the carried VAE needs no flag
+
+
+def test_the_readme_python_example_trains_and_samples(tmp_path, monkeypatch):
+    import re
+
+    code = re.search(r"## From Python.*?```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    images = namespace["images"]
+    assert images.shape == (10, 3, 16, 16) and images.min() >= -1 and images.max() <= 1
+    assert (tmp_path / "runs" / "ldm" / "best.pt").exists()
+    assert namespace["ldm"].pipeline.classes[:2] == ("disc", "square")

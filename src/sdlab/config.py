@@ -54,3 +54,10 @@ def option(default, help: str, **extra):
 def from_stored(cls, values: dict):
     """Rebuild config dataclass `cls` from a stored plain dict (JSON or checkpoint: lists -> tuples)."""
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def config_dict(configs: dict) -> dict:
+    """{section: dataclass} -> plain nested dict (tuples as lists), for JSON and checkpoints."""
+    return {section: {k: list(v) if isinstance(v, tuple) else v
+                      for k, v in dataclasses.asdict(cfg).items()}
+            for section, cfg in configs.items()}

@@ -18,7 +18,8 @@ import torch
 from ..data import BatchLoader, load_splits
 from ..diffusion import nll_bits_per_dim
 from ..pipeline import DiffusionPipeline
-from .session import eval_outputs, eval_parser, stored_data_config, user_errors
+from ..recipes.run import stored_data_config
+from .session import eval_outputs, eval_parser, user_errors
 
 
 def stratified_timesteps(num_timesteps: int, k: int, generator: torch.Generator) -> torch.Tensor:

@@ -23,7 +23,8 @@ from ..likelihood import bits_per_dim, discretized_gaussian_log_likelihood
 from ..outputs import writable_dir
 from ..pipeline import load_vae
 from ..vae import VAE, psnr
-from .session import eval_outputs, eval_parser, stored_data_config, user_errors
+from ..recipes.run import stored_data_config
+from .session import eval_outputs, eval_parser, user_errors
 
 
 @torch.no_grad()

@@ -143,13 +143,6 @@ def build_configs(parser: Parser, args: argparse.Namespace, classes: dict[str, t
     return configs
 
 
-def config_dict(configs: dict) -> dict:
-    """{section: dataclass} -> plain nested dict (tuples as lists), for JSON and checkpoints."""
-    return {section: {k: list(v) if isinstance(v, tuple) else v
-                      for k, v in dataclasses.asdict(cfg).items()}
-            for section, cfg in configs.items()}
-
-
 def print_error_and_exit(message: str, code: int = 2) -> typing.NoReturn:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)

@@ -1,37 +1,28 @@
-"""Wiring between the entry points and the library: device, data, trainer, user errors.
+"""What the entry points share: the parsers' common flags, the device they pick, and the error
+boundary. The recipes themselves (what to train, how to evaluate) are in `sdlab.recipes`.
 
-Every training command goes through `run_training`, so the VAE and the diffusion model share
-one data pipeline, one trainer and one way of reporting mistakes: `user_errors` is each
-command's error boundary, where a mistake the user can fix (any `UserError`, or an `OSError`
+`user_errors` is each command's error boundary, where a mistake the user can fix (any `UserError`, or an `OSError`
 such as a full disk) becomes one line on stderr naming the flag or file and exit status 2.
 Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import functools
-import json
-import sys
 import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from ..checkpoint import CheckpointError
 from ..config import ConfigError
-from ..data import DATASETS, BatchLoader, DataConfig, Splits, load_splits
+from ..data import DATASETS, DataConfig
 from ..errors import UserError
 from ..outputs import unlock_dir, writable_file
-from ..pipeline import load_trained
 from ..runtime import DEVICE_HELP, check_precision, pick_device
-from ..trainer import CHECKPOINTS, TrainConfig, Trainer, prepare_run_dir
-from .flags import Parser, add_config_flags, config_dict, flag_name, print_error_and_exit
-
-# TrainConfig fields that act once, on the command line, and are never stored.
-ONE_OFF_ACTIONS = {"resume": "", "overwrite": False, "reset_schedule": False}
+from ..trainer import TrainConfig
+from .flags import Parser, add_config_flags, flag_name, print_error_and_exit
 
 # The original repo's flag names, kept as aliases of the shared flags.
 SHARED_ALIASES = {
@@ -104,25 +95,6 @@ def resolve_device(parser: Parser, train: TrainConfig) -> torch.device:
     return device
 
 
-def prepare_run(train: TrainConfig, kind: str) -> dict | None:
-    """Check the output folders before any work (see `trainer.prepare_run_dir`); with --resume,
-    return the checkpoint it names, which must be a `kind` checkpoint (else None)."""
-    path = prepare_run_dir(train)
-    if path is None:
-        return None
-    try:
-        return load_trained(str(path), torch.device("cpu"), kind)
-    except CheckpointError as err:
-        raise CheckpointError(f"--resume: {err}") from None
-
-
-def stored_data_config(config: dict, dataset: str | None, data_dir: str | None) -> DataConfig:
-    """The data config a checkpoint was trained with, with --dataset / --data-dir overrides."""
-    stored = dict(config["data"])
-    stored.update({k: v for k, v in (("dataset", dataset), ("data_dir", data_dir)) if v})
-    return DataConfig(**stored)
-
-
 def eval_parser(prog: str, description: str, json_name: str) -> Parser:
     """A parser with the flags every checkpoint-evaluation command has (see `eval_outputs`)."""
     parser = Parser(prog=prog, description=description)
@@ -148,36 +120,3 @@ def eval_outputs(args, parser: Parser, counts: dict[str, int], json_name: str) -
     return device, writable_file(out, "--out", (".json",))
 
 
-def build_loaders(data: DataConfig, train: TrainConfig, device: torch.device,
-                  splits: Splits | None = None) -> tuple[Splits, BatchLoader, BatchLoader]:
-    """Decode the dataset once and cut it into training and validation batch loaders."""
-    splits = splits or load_splits(data, seed=train.seed)
-    keep = data.gpu_cache and device.type == "cuda"
-    train_loader = BatchLoader(splits.train, data.batch_size, shuffle=True, hflip=data.hflip,
-                               drop_last=len(splits.train) >= data.batch_size, seed=train.seed,
-                               device=device, keep_on_device=keep)
-    val_loader = BatchLoader(splits.test, data.batch_size, shuffle=False, hflip=False,
-                             drop_last=False, device=device, keep_on_device=keep)
-    return splits, train_loader, val_loader
-
-
-def save_run_config(configs: dict, save_dir: str) -> dict:
-    """Write the resolved config as SAVE_DIR/config.json; returns it as a plain dict.
-
-    The one-off actions (--resume, --overwrite, --reset-schedule) are stored at their defaults:
-    a config passed back with --config must never resume or delete a run by itself."""
-    configs = dict(configs, train=dataclasses.replace(configs["train"], **ONE_OFF_ACTIONS))
-    resolved = config_dict(configs)
-    path = Path(save_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(json.dumps(resolved, indent=2))
-    return resolved
-
-
-def run_training(trainer: Trainer) -> None:
-    """Fit, then report where the outputs went."""
-    trainer.fit()
-    cfg = trainer.cfg
-    written = ", ".join(name for name in CHECKPOINTS if (Path(cfg.save_dir) / name).exists())
-    print(f"done: checkpoints in {cfg.save_dir} ({written}), TensorBoard logs in {cfg.logs} "
-          f"(tensorboard --logdir {cfg.logs})", file=sys.stderr)

@@ -1,0 +1,211 @@
+"""The diffusion recipe: a DDPM on pixels or on VAE latents (latent diffusion), unconditional or
+class-conditional with classifier-free guidance, from one config.
+
+    from sdlab.recipes import DiffusionRun, train_diffusion
+    trained = train_diffusion(DiffusionRun(train=TrainConfig(epochs=1, save_dir="runs/ddpm")))
+    images = trained.pipeline(16, sampler="ddim", steps=50)        # (16, 3, 32, 32) in [-1, 1]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError, from_stored
+from ..data import DataConfig, Splits, load_splits
+from ..diffusion import DiffusionConfig, SamplerConfig, Trajectory, diffusion_loss
+from ..diffusion.guidance import GuidanceConfig, drop_labels
+from ..errors import UserError
+from ..figures import (class_grid, forward_process, guidance_sweep, latent_pipeline, loss_by_timestep,
+                       reverse_process, schedules)
+from ..latent import LatentConfig, encode_splits
+from ..pipeline import DiffusionPipeline, build_vae, carried_vae, load_trained
+from ..runtime import check_precision, pick_device
+from ..trainer import TrainConfig, Trainer
+from ..unet import UNet, UNetConfig
+from ..visualize import grid, plot_history, save_grid
+from .run import Trained, build_loaders, prepare_run, report, save_run_config
+
+
+@dataclass(frozen=True)
+class DiffusionRun:
+    """Everything a diffusion run is made of; its fields are the sections of config.json."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+
+
+def latent_vae(latent_cfg: LatentConfig, resumed: dict | None) -> dict:
+    """The VAE a latent run encodes with, as `carried_vae` stores it: a new run reads
+    --vae-checkpoint; a resumed run uses the VAE its checkpoint carries, and refuses a
+    --vae-checkpoint that holds other weights."""
+    carried = ((resumed or {}).get("frozen") or {}).get("vae")
+    path = latent_cfg.vae_checkpoint
+    if carried is not None and path and Path(path).is_file():
+        given = carried_vae(load_trained(path, torch.device("cpu"), "vae"))
+        if given["sha256"] != carried["sha256"]:
+            raise UserError(f"--vae-checkpoint {path} is not the VAE this run was trained with (weights "
+                            f"sha256 {given['sha256'][:12]} vs {carried['sha256'][:12]}); drop "
+                            "--vae-checkpoint: the run's checkpoint carries its own VAE")
+    if carried is None:
+        try:
+            carried = carried_vae(load_trained(path, torch.device("cpu"), "vae"))
+        except UserError as err:
+            raise UserError(f"--vae-checkpoint: {err}") from None
+    return carried
+
+
+def latent_splits(carried: dict, splits: Splits, device: torch.device, cache_dir: str,
+                  attention_resolutions: tuple[int, ...]) -> tuple[Splits, dict]:
+    """Encode both splits with the frozen VAE (`carried_vae`'s dict); returns the latent splits
+    and {"geometry": the U-Net's latent geometry (pixel attention resolutions divided by the
+    VAE's downsampling factor), "info": what the run config stores, "vae": the frozen VAE}."""
+    vae = build_vae(carried, device, "--vae-checkpoint")
+    train, test, scale = encode_splits(vae, carried["sha256"], splits.train, splits.test, device,
+                                       cache_dir=cache_dir)
+    f = vae.cfg.downsampling
+    print(f"latent diffusion: {len(train)} images encoded to {tuple(train.images.shape[1:])} by the "
+          f"VAE {carried['sha256'][:12]}; scale factor s = 1/std = {scale:.5f}")
+    geometry = {"in_channels": train.channels, "image_size": train.images.shape[-1],
+                "attention_resolutions": tuple(max(r // f, 1) for r in attention_resolutions)}
+    info = {"vae_sha256": carried["sha256"], "scale_factor": scale, "downsampling": f,
+            "vae_image_size": splits.train.images.shape[-1]}
+    return Splits(train, test), {"geometry": geometry, "info": info, "vae": vae}
+
+
+class SampleGrid:
+    """The epoch hook: a fixed-seed sample grid into SAVE_DIR/samples and TensorBoard."""
+
+    def __init__(self, pipe: DiffusionPipeline, run: "DiffusionRun"):
+        self.pipe, self.run = pipe, run
+
+    def labels(self, num: int) -> torch.Tensor | None:
+        if not self.pipe.classes:
+            return None
+        return torch.arange(num, device=self.pipe.device) % len(self.pipe.classes)
+
+    def draw(self, num: int | None = None, trajectory: Trajectory | None = None) -> torch.Tensor:
+        num = num or self.run.sampler.num_samples
+        g = torch.Generator(self.pipe.device).manual_seed(0)
+        return self.pipe(num, labels=self.labels(num), generator=g, trajectory=trajectory,
+                         guidance_scale=self.run.guidance.guidance_scale, **self.run.sampler.kwargs())
+
+    def __call__(self, trainer: Trainer) -> None:
+        self.pipe.model = trainer.eval_model
+        images = self.draw()
+        nrow = len(self.pipe.classes) if self.pipe.classes else 8
+        save_grid(images, Path(trainer.cfg.save_dir) / "samples" / f"epoch_{trainer.epoch:04d}.png", nrow)
+        trainer.writer.add_image("samples", grid(images, nrow), trainer.step)
+
+
+def write_figures(grids: SampleGrid, history, val: torch.Tensor, val_labels, save_dir):
+    """The diffusion figures (loss curves, reverse process, loss by timestep, and per kind of run
+    the forward process and schedules, the latent pipeline, class grids and a guidance sweep)."""
+    out, pipe, run = Path(save_dir), grids.pipe, grids.run
+    pipe.model.eval()
+    written = ["loss_curves.png", "reverse_process.png", "loss_by_timestep.png"]
+    plot_history(history, out / "loss_curves.png", title="DDPM training")
+    trajectory = Trajectory()
+    grids.draw(num=1, trajectory=trajectory)
+    reverse_process(trajectory, out / "reverse_process.png", decode=pipe.decode)
+    loss_by_timestep(pipe.model, pipe.schedule, run.diffusion, val, out / "loss_by_timestep.png",
+                     labels=val_labels if pipe.classes else None)
+    if pipe.vae is None:
+        forward_process(pipe.schedule, val[::64], out / "forward_process.png")
+        schedules(out / "schedules.png", pipe.schedule.num_timesteps)
+        written += ["forward_process.png", "schedules.png"]
+    else:
+        latent_pipeline(trajectory, pipe.decode, out / "latent_pipeline.png")
+        written.append("latent_pipeline.png")
+    if pipe.classes:
+        kwargs = run.sampler.kwargs()
+        class_grid(pipe, out / "class_grid.png", run.guidance.guidance_scale, **kwargs)
+        guidance_sweep(pipe, out / "guidance_sweep.png", **kwargs)
+        written += ["class_grid.png", "guidance_sweep.png"]
+    print(f"figures written to {out}: {' '.join(written)}")
+
+
+def train_diffusion(run: DiffusionRun) -> Trained:
+    """Train (or, with run.train.resume, continue) a DDPM; returns the trainer and a pipeline that
+    samples with the trained (EMA) weights.
+
+    Pixel space, or with run.latent.latent on the latents of a trained VAE (which every
+    checkpoint then carries); class-conditional with label dropout when run.guidance.class_cond.
+    run.unet.image_size is taken from run.data; a resumed run keeps the U-Net, schedule, latent
+    VAE and conditioning stored in its checkpoint.
+    """
+    device = pick_device(run.train.device)
+    check_precision(device, run.train.precision)
+    if run.latent.latent and not run.latent.vae_checkpoint and not run.train.resume:
+        raise ConfigError("vae_checkpoint", "--latent needs --vae-checkpoint PATH (a best.pt or last.pt "
+                                            "from train_vae.py)")
+    run = dataclasses.replace(run, unet=dataclasses.replace(run.unet, image_size=run.data.image_size))
+    resumed = prepare_run(run.train, "diffusion")
+    if resumed is not None:
+        stored = resumed["config"]
+        latent = stored.get("latent_vae") or {}
+        run = dataclasses.replace(
+            run, unet=from_stored(UNetConfig, stored["unet"]),
+            diffusion=from_stored(DiffusionConfig, stored["diffusion"]),
+            latent=LatentConfig(latent=bool(latent),
+                                vae_checkpoint=run.latent.vae_checkpoint or latent.get("vae_checkpoint", "")),
+            guidance=dataclasses.replace(run.guidance, class_cond=stored["guidance"]["class_cond"]))
+    train_cfg, diff_cfg, guide_cfg = run.train, run.diffusion, run.guidance
+    torch.manual_seed(train_cfg.seed)
+    splits, vae, run_extra, frozen = None, None, {}, {}
+    if run.latent.latent:
+        frozen["vae"] = latent_vae(run.latent, resumed)
+        splits, latent = latent_splits(frozen["vae"], load_splits(run.data, seed=train_cfg.seed), device,
+                                       train_cfg.save_dir, run.unet.attention_resolutions)
+        if resumed is None:  # a resumed U-Net config has the latent geometry already
+            run = dataclasses.replace(run, unet=dataclasses.replace(run.unet, **latent["geometry"]))
+        run = dataclasses.replace(run, data=dataclasses.replace(run.data, hflip=False))  # latents are not flip-symmetric
+        run_extra["latent_vae"] = dict(latent["info"], vae_checkpoint=run.latent.vae_checkpoint)
+        vae = latent["vae"]
+    splits, train_loader, val_loader = build_loaders(run.data, train_cfg, device, splits)
+    if run.unet.in_channels != splits.train.channels:
+        raise ConfigError("in_channels", f"is {run.unet.in_channels} but --dataset {run.data.dataset} "
+                                         f"has {splits.train.channels} channels; pass --in-chans "
+                                         f"{splits.train.channels}")
+    if guide_cfg.class_cond:
+        run = dataclasses.replace(run, unet=dataclasses.replace(run.unet, num_classes=len(splits.train.classes)))
+    unet_cfg = run.unet
+    model = UNet(unet_cfg).to(device)
+    schedule = diff_cfg.make_schedule().to(device)
+    print(f"U-Net: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on "
+          f"{unet_cfg.in_channels}x{unet_cfg.image_size}x{unet_cfg.image_size}; T = {diff_cfg.num_timesteps} "
+          f"({diff_cfg.schedule}), predicting {diff_cfg.prediction}"
+          f"{', class-conditional' if guide_cfg.class_cond else ''}; {len(splits.train)} train / "
+          f"{len(splits.test)} val images, device {device}, precision {train_cfg.precision}")
+    run_config = save_run_config(vars(run), train_cfg.save_dir)
+    run_config.update(kind="diffusion", classes=list(splits.train.classes), **run_extra)
+    null_class = unet_cfg.num_classes
+
+    def loss_fn(net, images, labels, generator=None, step=None):
+        if not guide_cfg.class_cond:
+            labels = None
+        elif generator is None:  # training: label dropout teaches the unconditional model too
+            labels = drop_labels(labels, guide_cfg.cond_drop_prob, null_class)
+        return diffusion_loss(net, schedule, images, diff_cfg, labels, generator=generator)
+
+    pipe = DiffusionPipeline(model, schedule, diff_cfg.prediction, vae,
+                             run_extra.get("latent_vae", {}).get("scale_factor", 1.0),
+                             splits.train.classes if guide_cfg.class_cond else (), run_config)
+    grids = SampleGrid(pipe, run)
+    trainer = Trainer(model, loss_fn, train_loader, val_loader, train_cfg, run_config=run_config,
+                      device=device, epoch_hook=grids, frozen=frozen)
+    trainer.fit()
+    report(trainer)
+    pipe.model = trainer.eval_model
+    if train_cfg.visualize:
+        val, val_labels = val_loader.spread(256)
+        write_figures(grids, trainer.history, val, val_labels, train_cfg.save_dir)
+    return Trained(trainer, pipe)

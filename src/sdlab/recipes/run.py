@@ -1,0 +1,83 @@
+"""What every training recipe shares: claiming the run folder (and reading the checkpoint to
+resume), the data loaders, the run config written beside the checkpoints, and the final report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+import sys
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import CheckpointError
+from ..config import config_dict
+from ..data import BatchLoader, DataConfig, Splits, load_splits
+from ..pipeline import DiffusionPipeline, load_trained
+from ..trainer import CHECKPOINTS, TrainConfig, Trainer, prepare_run_dir
+
+# TrainConfig fields that act once, on the command line, and are never stored.
+ONE_OFF_ACTIONS = {"resume": "", "overwrite": False, "reset_schedule": False}
+
+def prepare_run(train: TrainConfig, kind: str) -> dict | None:
+    """Check the output folders before any work (see `trainer.prepare_run_dir`); with --resume,
+    return the checkpoint it names, which must be a `kind` checkpoint (else None)."""
+    path = prepare_run_dir(train)
+    if path is None:
+        return None
+    try:
+        return load_trained(str(path), torch.device("cpu"), kind)
+    except CheckpointError as err:
+        raise CheckpointError(f"--resume: {err}") from None
+
+
+def stored_data_config(config: dict, dataset: str | None, data_dir: str | None) -> DataConfig:
+    """The data config a checkpoint was trained with, with --dataset / --data-dir overrides."""
+    stored = dict(config["data"])
+    stored.update({k: v for k, v in (("dataset", dataset), ("data_dir", data_dir)) if v})
+    return DataConfig(**stored)
+
+
+def build_loaders(data: DataConfig, train: TrainConfig, device: torch.device,
+                  splits: Splits | None = None) -> tuple[Splits, BatchLoader, BatchLoader]:
+    """Decode the dataset once and cut it into training and validation batch loaders."""
+    splits = splits or load_splits(data, seed=train.seed)
+    keep = data.gpu_cache and device.type == "cuda"
+    train_loader = BatchLoader(splits.train, data.batch_size, shuffle=True, hflip=data.hflip,
+                               drop_last=len(splits.train) >= data.batch_size, seed=train.seed,
+                               device=device, keep_on_device=keep)
+    val_loader = BatchLoader(splits.test, data.batch_size, shuffle=False, hflip=False,
+                             drop_last=False, device=device, keep_on_device=keep)
+    return splits, train_loader, val_loader
+
+
+def save_run_config(configs: dict, save_dir: str) -> dict:
+    """Write the resolved config as SAVE_DIR/config.json; returns it as a plain dict.
+
+    The one-off actions (--resume, --overwrite, --reset-schedule) are stored at their defaults:
+    a config passed back with --config must never resume or delete a run by itself."""
+    configs = dict(configs, train=dataclasses.replace(configs["train"], **ONE_OFF_ACTIONS))
+    resolved = config_dict(configs)
+    path = Path(save_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(resolved, indent=2))
+    return resolved
+
+
+@dataclass
+class Trained:
+    """What a recipe returns: the trainer (history, `eval_model`: the EMA weights when enabled)
+    and, for diffusion, a pipeline ready to sample with those weights."""
+
+    trainer: Trainer
+    pipeline: DiffusionPipeline | None = None
+
+
+def report(trainer: Trainer) -> None:
+    """Say where a finished run's outputs went."""
+    cfg = trainer.cfg
+    written = ", ".join(name for name in CHECKPOINTS if (Path(cfg.save_dir) / name).exists())
+    print(f"done: checkpoints in {cfg.save_dir} ({written}), TensorBoard logs in {cfg.logs} "
+          f"(tensorboard --logdir {cfg.logs})", file=sys.stderr)

@@ -1,0 +1,83 @@
+"""The VAE recipe: data, model, loss, trainer, TensorBoard images and figures, from one config.
+
+    from sdlab.recipes import VAERun, train_vae
+    trained = train_vae(VAERun(train=TrainConfig(epochs=1, save_dir="runs/vae")))
+    vae = trained.trainer.eval_model
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..config import ConfigError, from_stored
+from ..data import DataConfig
+from ..figures import vae_figures
+from ..runtime import check_precision, pick_device
+from ..trainer import TrainConfig, Trainer
+from ..vae import VAE, VAEConfig, VAELossConfig, vae_loss
+from ..visualize import grid
+from .run import Trained, build_loaders, prepare_run, report, save_run_config
+
+
+@dataclass(frozen=True)
+class VAERun:
+    """Everything a VAE run is made of; its fields are the sections of config.json."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    loss: VAELossConfig = field(default_factory=VAELossConfig)
+
+
+def log_images(trainer: Trainer, fixed: torch.Tensor, latent_shape) -> None:
+    """TensorBoard images each epoch: inputs above reconstructions, and prior samples."""
+    vae = trainer.eval_model
+    vae.eval()
+    with torch.no_grad():
+        recon = vae.decode(vae.encode(fixed).mode())
+        g = torch.Generator(fixed.device).manual_seed(0)
+        samples = vae.decode(torch.randn((16, *latent_shape), generator=g, device=fixed.device))
+    trainer.writer.add_image("vae/inputs_vs_reconstructions", grid(torch.cat([fixed, recon])), trainer.step)
+    trainer.writer.add_image("vae/prior_samples", grid(samples), trainer.step)
+
+
+def train_vae(run: VAERun) -> Trained:
+    """Train (or, with run.train.resume, continue) a VAE; returns the trainer (history, EMA weights
+    as `trainer.eval_model`). A resumed run keeps the architecture stored in its checkpoint."""
+    device = pick_device(run.train.device)
+    check_precision(device, run.train.precision)
+    resumed = prepare_run(run.train, "vae")
+    if resumed is not None:
+        run = VAERun(run.data, run.train, from_stored(VAEConfig, resumed["config"]["vae"]), run.loss)
+    data_cfg, train_cfg, vae_cfg, loss_cfg = run.data, run.train, run.vae, run.loss
+    torch.manual_seed(train_cfg.seed)
+    splits, train_loader, val_loader = build_loaders(data_cfg, train_cfg, device)
+    if splits.train.channels != vae_cfg.in_channels:
+        raise ConfigError("in_channels", f"is {vae_cfg.in_channels} but --dataset {data_cfg.dataset} "
+                                         f"has {splits.train.channels} channels; pass --in-chans "
+                                         f"{splits.train.channels}")
+    if data_cfg.image_size % vae_cfg.downsampling:
+        raise ConfigError("image_size", f"{data_cfg.image_size} is not divisible by the VAE's "
+                                        f"downsampling factor {vae_cfg.downsampling} (2 ** number of --channel-mults)")
+    vae = VAE(vae_cfg).to(device)
+    n_params = sum(p.numel() for p in vae.parameters())
+    latent_shape = vae_cfg.latent_shape(data_cfg.image_size)
+    print(f"VAE: {n_params / 1e6:.2f}M parameters, latent {'x'.join(map(str, latent_shape))}, "
+          f"{len(splits.train)} train / {len(splits.test)} val images, device {device}, "
+          f"precision {train_cfg.precision}")
+    run_config = save_run_config(vars(run), train_cfg.save_dir)
+    run_config["kind"] = "vae"
+    fixed = val_loader.spread(8)[0]
+
+    def loss_fn(model, images, labels, generator=None, step=None):
+        return vae_loss(model, images, loss_cfg, generator=generator, step=step)
+
+    trainer = Trainer(vae, loss_fn, train_loader, val_loader, train_cfg, run_config=run_config,
+                      device=device, epoch_hook=lambda t: log_images(t, fixed, latent_shape))
+    trainer.fit()
+    report(trainer)
+    if train_cfg.visualize:
+        vae_figures(trainer.eval_model, trainer.history, val_loader.spread(256)[0], train_cfg.save_dir)
+    return Trained(trainer)
