@@ -18,15 +18,9 @@ import torch
 from ..data import BatchLoader, load_splits
 from ..diffusion import nll_bits_per_dim
 from ..pipeline import DiffusionPipeline
+from ..recipes.diffusion import stratified_timesteps
 from ..recipes.run import stored_data_config
 from .session import eval_outputs, eval_parser, user_errors
-
-
-def stratified_timesteps(num_timesteps: int, k: int, generator: torch.Generator) -> torch.Tensor:
-    """One timestep drawn uniformly in each of k equal strata of [1, T) (L_0 is always exact)."""
-    edges = torch.linspace(1, num_timesteps, k + 1)
-    picks = edges[:-1] + torch.rand(k, generator=generator) * (edges[1:] - edges[:-1])
-    return picks.floor().long().clamp(1, num_timesteps - 1)
 
 
 @user_errors

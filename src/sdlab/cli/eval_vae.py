@@ -13,58 +13,16 @@ Reports, over the test images:
 from __future__ import annotations
 
 import json
-import math
 
 import torch
 
 from ..data import BatchLoader, load_splits
 from ..figures import vae_figures
-from ..likelihood import bits_per_dim, discretized_gaussian_log_likelihood
 from ..outputs import writable_dir
 from ..pipeline import load_vae
-from ..vae import VAE, psnr
 from ..recipes.run import stored_data_config
+from ..recipes.vae import evaluate_vae, fit_sigma
 from .session import eval_outputs, eval_parser, user_errors
-
-
-@torch.no_grad()
-def fit_sigma(vae: VAE, loader: BatchLoader, limit: int, generator: torch.Generator) -> float:
-    """Maximum-likelihood sigma of a Gaussian decoder: sqrt(mean squared error), z ~ q(z|x)."""
-    total, count = 0.0, 0
-    for x, _ in loader.epoch(0):
-        x_hat = vae.decode(vae.encode(x).sample(generator))
-        total += (x_hat - x).pow(2).sum().item()
-        count += x.numel()
-        if count >= limit * x[0].numel():
-            break
-    return math.sqrt(total / count)
-
-
-@torch.no_grad()
-def evaluate_vae(vae: VAE, test: BatchLoader, sigma: float, generator: torch.Generator,
-                 limit: int | None = None) -> dict:
-    sums = {"mse": 0.0, "psnr": 0.0, "kl_bits": 0.0, "nelbo_bpd": 0.0}
-    means, n = [], 0
-    for x, _ in test.epoch(0):
-        q = vae.encode(x)
-        x_mode = vae.decode(q.mode())
-        x_hat = vae.decode(q.sample(generator))
-        log_scale = torch.full_like(x_hat, math.log(sigma))
-        nll = -discretized_gaussian_log_likelihood(x, x_hat, log_scale).flatten(1).sum(1)
-        kl = q.kl()
-        sums["mse"] += (x_mode - x).pow(2).flatten(1).mean(1).sum().item()
-        sums["psnr"] += psnr(x_mode, x).sum().item()
-        sums["kl_bits"] += (kl / math.log(2)).sum().item()
-        sums["nelbo_bpd"] += bits_per_dim(nll + kl, x[0].numel()).sum().item()
-        means.append(q.mean.float().cpu())
-        n += x.shape[0]
-        if limit and n >= limit:
-            break
-    latents = torch.cat(means)
-    result = {k: v / n for k, v in sums.items()}
-    result.update(images=n, sigma=sigma, latent_mean=latents.mean().item(),
-                  latent_std=latents.std().item(), scale_factor=1.0 / latents.std().item())
-    return result
 
 
 @user_errors

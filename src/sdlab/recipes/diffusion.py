@@ -4,6 +4,8 @@ class-conditional with classifier-free guidance, from one config.
     from sdlab.recipes import DiffusionRun, train_diffusion
     trained = train_diffusion(DiffusionRun(train=TrainConfig(epochs=1, save_dir="runs/ddpm")))
     images = trained.pipeline(16, sampler="ddim", steps=50)        # (16, 3, 32, 32) in [-1, 1]
+
+Evaluation (what `sdlab-eval-diffusion` uses): `stratified_timesteps` for the bits/dim bound.
 """
 
 from __future__ import annotations
@@ -209,3 +211,10 @@ def train_diffusion(run: DiffusionRun) -> Trained:
         val, val_labels = val_loader.spread(256)
         write_figures(grids, trainer.history, val, val_labels, train_cfg.save_dir)
     return Trained(trainer, pipe)
+
+
+def stratified_timesteps(num_timesteps: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """One timestep drawn uniformly in each of k equal strata of [1, T) (L_0 is always exact)."""
+    edges = torch.linspace(1, num_timesteps, k + 1)
+    picks = edges[:-1] + torch.rand(k, generator=generator) * (edges[1:] - edges[:-1])
+    return picks.floor().long().clamp(1, num_timesteps - 1)

@@ -3,20 +3,24 @@
     from sdlab.recipes import VAERun, train_vae
     trained = train_vae(VAERun(train=TrainConfig(epochs=1, save_dir="runs/vae")))
     vae = trained.trainer.eval_model
+
+Evaluation (what `sdlab-eval-vae` reports): `fit_sigma` and `evaluate_vae`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
 from ..config import ConfigError, from_stored
-from ..data import DataConfig
+from ..data import BatchLoader, DataConfig
+from ..likelihood import bits_per_dim, discretized_gaussian_log_likelihood
 from ..figures import vae_figures
 from ..runtime import check_precision, pick_device
 from ..trainer import TrainConfig, Trainer
-from ..vae import VAE, VAEConfig, VAELossConfig, vae_loss
+from ..vae import VAE, VAEConfig, VAELossConfig, psnr, vae_loss
 from ..visualize import grid
 from .run import Trained, build_loaders, prepare_run, report, save_run_config
 
@@ -81,3 +85,43 @@ def train_vae(run: VAERun) -> Trained:
     if train_cfg.visualize:
         vae_figures(trainer.eval_model, trainer.history, val_loader.spread(256)[0], train_cfg.save_dir)
     return Trained(trainer)
+
+
+@torch.no_grad()
+def fit_sigma(vae: VAE, loader: BatchLoader, limit: int, generator: torch.Generator) -> float:
+    """Maximum-likelihood sigma of a Gaussian decoder: sqrt(mean squared error), z ~ q(z|x)."""
+    total, count = 0.0, 0
+    for x, _ in loader.epoch(0):
+        x_hat = vae.decode(vae.encode(x).sample(generator))
+        total += (x_hat - x).pow(2).sum().item()
+        count += x.numel()
+        if count >= limit * x[0].numel():
+            break
+    return math.sqrt(total / count)
+
+
+@torch.no_grad()
+def evaluate_vae(vae: VAE, test: BatchLoader, sigma: float, generator: torch.Generator,
+                 limit: int | None = None) -> dict:
+    sums = {"mse": 0.0, "psnr": 0.0, "kl_bits": 0.0, "nelbo_bpd": 0.0}
+    means, n = [], 0
+    for x, _ in test.epoch(0):
+        q = vae.encode(x)
+        x_mode = vae.decode(q.mode())
+        x_hat = vae.decode(q.sample(generator))
+        log_scale = torch.full_like(x_hat, math.log(sigma))
+        nll = -discretized_gaussian_log_likelihood(x, x_hat, log_scale).flatten(1).sum(1)
+        kl = q.kl()
+        sums["mse"] += (x_mode - x).pow(2).flatten(1).mean(1).sum().item()
+        sums["psnr"] += psnr(x_mode, x).sum().item()
+        sums["kl_bits"] += (kl / math.log(2)).sum().item()
+        sums["nelbo_bpd"] += bits_per_dim(nll + kl, x[0].numel()).sum().item()
+        means.append(q.mean.float().cpu())
+        n += x.shape[0]
+        if limit and n >= limit:
+            break
+    latents = torch.cat(means)
+    result = {k: v / n for k, v in sums.items()}
+    result.update(images=n, sigma=sigma, latent_mean=latents.mean().item(),
+                  latent_std=latents.std().item(), scale_factor=1.0 / latents.std().item())
+    return result
