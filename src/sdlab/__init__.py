@@ -19,7 +19,8 @@ Modules (imports point down):
     trainer     fit / evaluate / early stopping / checkpoints / TensorBoard
     visualize   image grids and plots (matplotlib Agg)
     figures     the figures that explain each component
-    cli         argparse from dataclass configs and the entry points
+    recipes     train_vae / train_diffusion and their evaluation, as Python functions
+    cli         argparse from dataclass configs and the entry points (flags -> recipes)
 """
 
 __version__ = "0.1.0"
