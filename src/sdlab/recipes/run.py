@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,8 +18,9 @@ from ..data import BatchLoader, DataConfig, Splits, load_splits
 from ..pipeline import DiffusionPipeline, load_trained
 from ..trainer import CHECKPOINTS, TrainConfig, Trainer, prepare_run_dir
 
-# TrainConfig fields that act once, on the command line, and are never stored.
+# TrainConfig fields that act once, when a run starts, and are never stored.
 ONE_OFF_ACTIONS = {"resume": "", "overwrite": False, "reset_schedule": False}
+
 
 def prepare_run(train: TrainConfig, kind: str) -> dict | None:
     """Check the output folders before any work (see `trainer.prepare_run_dir`); with --resume,
