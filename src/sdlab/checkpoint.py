@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 
 TEMPORARY = ".tmp"   # save_checkpoint writes .NAME.tmpPID, then renames it to NAME
@@ -56,9 +58,30 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for damaged or foreign files
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise CheckpointError(f"cannot read checkpoint {path}: it is damaged, not a checkpoint, or "
-                              f"holds code, which is never loaded ({reason})") from None
+                              f"holds code, which is never loaded ({first_line(err)})") from None
+
+
+def checkpoint_kind(state) -> str | None:
+    """The `kind` a run config stored in checkpoint `state` ("vae", "diffusion"), else None."""
+    config = state.get("config") if isinstance(state, dict) else None
+    return config.get("kind") if isinstance(config, dict) else None
+
+
+def read_cache(path: Path, fits: Callable[[dict], bool], what: str, rebuild: str) -> dict | None:
+    """A cache file written with `save_checkpoint`, or None when there is none, or when it is
+    damaged or `fits(cached)` is false: then the caller rebuilds it, after a one-line warning
+    "`what` PATH is damaged; `rebuild`"."""
+    if not path.exists():
+        return None
+    try:
+        cached = load_checkpoint(path)
+        if fits(cached):
+            return cached
+    except (CheckpointError, KeyError, TypeError, AttributeError):
+        pass
+    warnings.warn(f"{what} {path} is damaged; {rebuild}")
+    return None
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

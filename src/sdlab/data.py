@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .checkpoint import read_cache, remove_stale_temporaries, save_checkpoint
 from .config import option, require, require_choice, require_finite
 from .errors import UserError
 
@@ -188,9 +187,15 @@ def _decode_tree(root: Path, cfg: DataConfig) -> ImageSet:
     labels = torch.tensor([i for i, (_, fs) in enumerate(classes) for _ in fs], dtype=torch.int64)
     names = tuple(name for name, _ in classes)
     cache = _cache_path(root, files, cfg.image_size)
-    stored = _read_cache(cache, len(files), cfg.image_size) if cache is not None else None
+
+    def fits(cached: dict) -> bool:
+        images = cached["images"]
+        return (images.dtype == torch.uint8 and images.ndim == 4 and images.shape[0] == len(files)
+                and tuple(images.shape[2:]) == (cfg.image_size, cfg.image_size))
+
+    stored = read_cache(cache, fits, "image cache", "decoding the folder again") if cache is not None else None
     if stored is not None:
-        return ImageSet(stored, labels, names)
+        return ImageSet(stored["images"], labels, names)
     with ThreadPoolExecutor(max(cfg.num_workers, 1)) as pool:
         arrays = list(pool.map(lambda f: _decode_file(f, cfg.image_size), files, chunksize=256))
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
@@ -226,22 +231,6 @@ def _cache_path(root: Path, files: list[Path], size: int) -> Path | None:
     if not os.access(root, os.W_OK) and not folder.is_dir():
         return None
     return folder / f"{digest.hexdigest()[:16]}.pt"
-
-
-def _read_cache(path: Path, count: int, size: int) -> torch.Tensor | None:
-    """The cached uint8 images (count, C, size, size) at `path`, or None when there is no
-    cache or it cannot be read (a damaged cache is decoded again and replaced, with a warning)."""
-    if not path.exists():
-        return None
-    try:
-        images = load_checkpoint(path)["images"]
-        if images.dtype == torch.uint8 and images.ndim == 4 and images.shape[0] == count \
-                and tuple(images.shape[2:]) == (size, size):
-            return images
-    except (CheckpointError, KeyError, TypeError, AttributeError):
-        pass
-    warnings.warn(f"image cache {path} is damaged; decoding the folder again")
-    return None
 
 
 def _write_cache(path: Path, images: torch.Tensor) -> None:

@@ -14,3 +14,9 @@ class UserError(Exception):
     """A failure the user can fix; the message says how. `exit_code` is the command's status."""
 
     exit_code = 2
+
+
+def first_line(err: BaseException, limit: int = 160) -> str:
+    """The first line of `err`'s message (its type name if it has none), cut to `limit` characters:
+    torch's errors run to many lines, and a user error is one."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]

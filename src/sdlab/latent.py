@@ -13,13 +13,12 @@ over the dataset every epoch.
 from __future__ import annotations
 
 import hashlib
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import read_cache, save_checkpoint
 from .config import option
 from .data import ImageSet, to_unit_range
 
@@ -56,7 +55,8 @@ def encode_splits(vae, vae_sha256: str, train: ImageSet, test: ImageSet, device:
     that cannot be read is encoded again and replaced.
     """
     path = Path(cache_dir) / f"latents-{cache_key(vae_sha256, train, test)}.pt"
-    cached = _read_cache(path, len(train), len(test))
+    cached = read_cache(path, lambda c: (len(c["train"]), len(c["test"])) == (len(train), len(test)),
+                        "latent cache", "encoding again")
     if cached is not None:
         mu_train, mu_test, s = cached["train"], cached["test"], cached["scale_factor"]
     else:
@@ -66,20 +66,6 @@ def encode_splits(vae, vae_sha256: str, train: ImageSet, test: ImageSet, device:
         save_checkpoint({"train": mu_train, "test": mu_test, "scale_factor": s}, path)
     return (ImageSet(mu_train * s, train.labels, train.classes),
             ImageSet(mu_test * s, test.labels, test.classes), s)
-
-
-def _read_cache(path: Path, n_train: int, n_test: int) -> dict | None:
-    """The cached latents at `path`, or None when missing, unreadable or of other sizes."""
-    if not path.exists():
-        return None
-    try:
-        cached = load_checkpoint(path)
-        if len(cached["train"]) == n_train and len(cached["test"]) == n_test:
-            return cached
-    except (CheckpointError, KeyError, TypeError):
-        pass
-    warnings.warn(f"latent cache {path} is damaged; encoding again")
-    return None
 
 
 def decode_latents(vae, z_scaled: torch.Tensor, scale: float) -> torch.Tensor:

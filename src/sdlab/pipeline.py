@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, state_digest
+from .checkpoint import CheckpointError, checkpoint_kind, load_checkpoint, state_digest
+from .errors import first_line
 from .config import from_stored
 from .diffusion import DiffusionConfig, NoiseSchedule, Trajectory, sample
 from .diffusion.guidance import guided
@@ -32,8 +33,7 @@ KINDS = {"vae": ("VAE", "train_vae.py"), "diffusion": ("diffusion", "train_diffu
 def load_trained(path: str, device: torch.device, kind: str) -> dict:
     """A checkpoint of `kind` (a key of KINDS), read once; CheckpointError naming the script if not."""
     state = load_checkpoint(path, device)
-    config = state.get("config") if isinstance(state, dict) else None
-    found = config.get("kind") if isinstance(config, dict) else None
+    found = checkpoint_kind(state)
     if found != kind:
         name, script = KINDS[kind]
         raise CheckpointError(f"{path} is not a {name} checkpoint (kind {found!r}); train one with {script}")
@@ -50,9 +50,8 @@ def load_weights(model: torch.nn.Module, weights: dict, path: str) -> None:
     try:
         model.load_state_dict(weights)
     except (RuntimeError, KeyError, TypeError) as err:
-        reason = str(err).strip().splitlines()[0][:200]
         raise CheckpointError(f"{path}: its weights do not fit the model its config describes "
-                              f"({reason}); the file is damaged or was edited") from None
+                              f"({first_line(err)}); the file is damaged or was edited") from None
 
 
 def carried_vae(state: dict) -> dict:

@@ -32,11 +32,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .checkpoint import (CheckpointError, checkpoint_kind, load_checkpoint, remove_stale_temporaries,
+                         save_checkpoint)
 from .config import option, require, require_choice, require_finite
 from .data import BatchLoader
 from .ema import EMA
-from .errors import UserError
+from .errors import UserError, first_line
 from .outputs import lock_dir, unlock_dir, writable_dir
 from .runtime import DEVICE_HELP, PRECISIONS, autocast, check_device_name, fused_optimizer, memory_format
 
@@ -284,17 +285,15 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         """Load `path` for --resume; CheckpointError when it is not a checkpoint of this run's kind."""
         state = load_checkpoint(path, "cpu")     # load_state_dict moves each part where it belongs
-        config = state.get("config") if isinstance(state, dict) else None
-        found, expected = (config or {}).get("kind"), self.run_config.get("kind")
+        found, expected = checkpoint_kind(state), self.run_config.get("kind")
         if found != expected:
             raise CheckpointError(f"--resume {path}: a {found} checkpoint cannot resume a {expected} "
                                   "run; pass the last.pt of this command's earlier run")
         try:
             notes = self.load_state_dict(state)
         except (KeyError, RuntimeError, ValueError, TypeError) as err:
-            reason = str(err).strip().splitlines()[0][:200]
             raise CheckpointError(f"--resume {path}: it does not hold this run's training state "
-                                  f"({reason}); pass the last.pt of the same command") from None
+                                  f"({first_line(err)}); pass the last.pt of the same command") from None
         self.log(f"resumed from {path} at epoch {self.epoch}, step {self.step}")
         for note in notes:
             self.log(note)

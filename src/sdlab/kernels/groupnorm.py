@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import first_line
+
 
 class GroupNorm(nn.GroupNorm):
     """GroupNorm, optionally followed by SiLU; up to 32 groups of at least 4 channels, eps 1e-6.
@@ -61,8 +63,7 @@ def fused(fn):
             try:
                 return compiled(*args)
             except Exception as err:
-                reason = (str(err).strip().splitlines() or [""])[0]
-                warnings.warn(f"torch.compile failed for {fn.__name__} ({type(err).__name__}: {reason}); "
+                warnings.warn(f"torch.compile failed for {fn.__name__} ({type(err).__name__}: {first_line(err)}); "
                               "running it uncompiled (same result, slower)", stacklevel=2)
                 compiled = fn
         return compiled(*args)
