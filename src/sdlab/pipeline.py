@@ -55,17 +55,25 @@ def load_weights(model: torch.nn.Module, weights: dict, path: str) -> None:
 
 
 def carried_vae(state: dict) -> dict:
-    """What a latent diffusion checkpoint stores of its VAE: config, weights and their SHA-256."""
+    """What a latent diffusion checkpoint stores of the VAE in train_vae.py checkpoint `state`:
+    config, weights and their SHA-256."""
     weights = trained_weights(state)
     return {"config": state["config"]["vae"], "weights": weights, "sha256": state_digest(weights)}
 
 
-def build_vae(carried: dict, device: torch.device, path: str) -> VAE:
-    """A frozen VAE from `carried_vae`'s dict, after checking its weights against their SHA-256
-    (`path` names the file it came from, for errors)."""
-    if state_digest(carried["weights"]) != carried["sha256"]:
+def stored_vae(state: dict, path: str) -> dict | None:
+    """The VAE diffusion checkpoint `state` carries (`carried_vae`'s dict), its weights checked
+    against their SHA-256; None when it carries none (pixel models, older checkpoints)."""
+    carried = (state.get("frozen") or {}).get("vae")
+    if carried is not None and state_digest(carried["weights"]) != carried["sha256"]:
         raise CheckpointError(f"{path}: the VAE weights it carries do not match their SHA-256; "
                               "the file is damaged or was edited")
+    return carried
+
+
+def build_vae(carried: dict, device: torch.device, path: str) -> VAE:
+    """A frozen VAE from a dict with its "config" and "weights" (`path` names where they came
+    from, for errors)."""
     vae = VAE(from_stored(VAEConfig, carried["config"]))
     load_weights(vae, carried["weights"], path)
     return vae.to(device).eval().requires_grad_(False)
@@ -74,7 +82,8 @@ def build_vae(carried: dict, device: torch.device, path: str) -> VAE:
 def load_vae(path: str, device: torch.device) -> tuple[VAE, dict]:
     """(frozen VAE with EMA weights if present, the whole checkpoint) from a train_vae.py file."""
     state = load_trained(path, device, "vae")
-    return build_vae(carried_vae(state), device, path), state
+    parts = {"config": state["config"]["vae"], "weights": trained_weights(state)}
+    return build_vae(parts, device, path), state
 
 
 @dataclass
@@ -95,9 +104,9 @@ class DiffusionPipeline:
         model = UNet(from_stored(UNetConfig, config["unet"])).to(device)
         load_weights(model, trained_weights(state), path)
         latent = config.get("latent_vae") or {}
-        vae = None
-        if latent and (state.get("frozen") or {}).get("vae") is not None:
-            vae = build_vae(state["frozen"]["vae"], device, path)
+        vae, carried = None, stored_vae(state, path)
+        if carried is not None:
+            vae = build_vae(carried, device, path)
         elif latent:  # written before checkpoints carried their VAE
             warnings.warn(f"{path} does not carry its VAE; decoding with the one now at "
                           f"{latent['vae_checkpoint']}, which cannot be checked to be the same")

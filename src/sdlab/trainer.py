@@ -282,9 +282,11 @@ class Trainer:
         self._saved = (self.epoch, self.batch, self.step)
         return notes
 
-    def _resume(self, path: Path) -> None:
-        """Load `path` for --resume; CheckpointError when it is not a checkpoint of this run's kind."""
-        state = load_checkpoint(path, "cpu")     # load_state_dict moves each part where it belongs
+    def _resume(self, path: Path, state: dict | None = None) -> None:
+        """Continue from checkpoint `path` (`state`: its contents when the caller has read them);
+        CheckpointError when it is not a checkpoint of this run's kind."""
+        if state is None:
+            state = load_checkpoint(path, "cpu")     # load_state_dict moves each part where it belongs
         found, expected = checkpoint_kind(state), self.run_config.get("kind")
         if found != expected:
             raise CheckpointError(f"--resume {path}: a {found} checkpoint cannot resume a {expected} "
@@ -339,8 +341,11 @@ class Trainer:
 
     # ------------------------------------------------------------ loop
 
-    def fit(self) -> list[dict]:
+    def fit(self, resume_state: dict | None = None) -> list[dict]:
         """Train until epochs, max_steps or early stopping. Returns the metric history.
+
+        With cfg.resume, training continues from that checkpoint; a caller that has already read
+        it (to rebuild the model from its config) passes it as `resume_state`, so it is read once.
 
         Raises TrainingStopped on SIGINT/SIGTERM (after writing last.pt) and on a non-finite
         loss (leaving the last good checkpoint untouched).
@@ -352,7 +357,7 @@ class Trainer:
         previous = {}
         try:
             if resume is not None:
-                self._resume(resume)
+                self._resume(resume, resume_state)
             self.writer = SummaryWriter(str(cfg.logs))
             self._deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
             previous = self._install_signal_handlers()

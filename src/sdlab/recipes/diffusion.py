@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..figures import (class_grid, forward_process, guidance_sweep, latent_pipeline, loss_by_timestep,
                        reverse_process, schedules)
 from ..latent import LatentConfig, encode_splits
-from ..pipeline import DiffusionPipeline, build_vae, carried_vae, load_trained
+from ..pipeline import DiffusionPipeline, build_vae, carried_vae, load_trained, stored_vae
 from ..runtime import check_precision, pick_device
 from ..trainer import TrainConfig, Trainer
 from ..unet import UNet, UNetConfig
@@ -49,7 +49,7 @@ def latent_vae(latent_cfg: LatentConfig, resumed: dict | None) -> dict:
     """The VAE a latent run encodes with, as `carried_vae` stores it: a new run reads
     --vae-checkpoint; a resumed run uses the VAE its checkpoint carries, and refuses a
     --vae-checkpoint that holds other weights."""
-    carried = ((resumed or {}).get("frozen") or {}).get("vae")
+    carried = stored_vae(resumed, "--resume") if resumed is not None else None
     path = latent_cfg.vae_checkpoint
     if carried is not None and path and Path(path).is_file():
         given = carried_vae(load_trained(path, torch.device("cpu"), "vae"))
@@ -204,7 +204,7 @@ def train_diffusion(run: DiffusionRun) -> Trained:
     grids = SampleGrid(pipe, run)
     trainer = Trainer(model, loss_fn, train_loader, val_loader, train_cfg, run_config=run_config,
                       device=device, epoch_hook=grids, frozen=frozen)
-    trainer.fit()
+    trainer.fit(resume_state=resumed)
     report(trainer)
     pipe.model = trainer.eval_model
     if train_cfg.visualize:

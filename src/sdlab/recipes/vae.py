@@ -80,7 +80,7 @@ def train_vae(run: VAERun) -> Trained:
 
     trainer = Trainer(vae, loss_fn, train_loader, val_loader, train_cfg, run_config=run_config,
                       device=device, epoch_hook=lambda t: log_images(t, fixed, latent_shape))
-    trainer.fit()
+    trainer.fit(resume_state=resumed)
     report(trainer)
     if train_cfg.visualize:
         vae_figures(trainer.eval_model, trainer.history, val_loader.spread(256)[0], train_cfg.save_dir)
