@@ -5,7 +5,11 @@
 # 1. the test suite (CPU tests, on this machine's torch version);
 # 2. on CUDA in the default precision (bf16): a VAE run stopped by SIGINT mid-epoch and resumed,
 #    then sampled; a pixel DDPM and a class-conditional latent DDPM, each trained, resumed for one
-#    more epoch, sampled and evaluated; a fault case on CUDA (a wrong-kind --resume).
+#    more epoch, sampled and evaluated; a fault case on CUDA (a bad --out).
+# 3. torchrun: a 2-process gloo run on the CPU, a 1-process run on CUDA, and on several GPUs an
+#    NCCL run over all of them (on one GPU: 2 processes refused with one line).
+# 4. the U-Net training throughput against diffusers' UNet2DModel on the GPU, when diffusers is
+#    importable or its wheel (and importlib_metadata's) lies in .whl/ (pip download --no-deps ... -d .whl).
 # Prints one summary table; logs, images and the table go to DEST/gpu_check.tgz (default DEST: a
 # temp dir). TEST_SECONDS caps step 1.
 set -uo pipefail
@@ -50,6 +54,32 @@ check ldm_sample_vae_moved "$py" -m sdlab.cli.sample "$runs/ldm/best.pt" --devic
     --guidance-scale 3 --num-samples 20 --out "$out/ldm.png"
 "$py" -m sdlab.cli.sample "$runs/ddpm/best.pt" --device cuda --out "$out/x" > "$out/fault.log" 2>&1; rc=$?
 rows+=("$(printf '| %-28s | %4s | %5ss | %s |' fault_bad_out $rc - "$(head -1 "$out/fault.log")")")
+
+torchrun=("$py" -m torch.distributed.run --standalone)
+check ddp_gloo_cpu_2proc env OMP_NUM_THREADS=4 "${torchrun[@]}" --nproc_per_node 2 diffusers/train_diffusion.py \
+    --dataset synthetic --synthetic-size 2000 --device cpu --batch 32 "${tiny[@]}" --epochs 1 --save-dir "$runs/ddp_cpu"
+check ddp_cuda_torchrun_1proc "${torchrun[@]}" --nproc_per_node 1 diffusers/train_diffusion.py "${data[@]}" "${tiny[@]}" \
+    --epochs 1 --save-dir "$runs/ddp_cuda1"
+gpus=$("$py" -c "import torch; print(torch.cuda.device_count())")
+if [ "$gpus" -ge 2 ]; then
+    check ddp_nccl "${torchrun[@]}" --nproc_per_node "$gpus" diffusers/train_diffusion.py "${data[@]}" "${tiny[@]}" \
+        --epochs 2 --save-dir "$runs/ddp_nccl"
+else
+    "${torchrun[@]}" --nproc_per_node 2 diffusers/train_diffusion.py "${data[@]}" "${tiny[@]}" --epochs 1 \
+        --save-dir "$runs/ddp_too_many" > "$out/ddp_too_many.log" 2>&1; rc=$?
+    rows+=("$(printf '| %-28s | %4s | %5ss | %s |' fault_2proc_on_1gpu $rc - "$(grep -m1 '^error:' "$out/ddp_too_many.log")")")
+fi
+
+if ! "$py" -c "import diffusers" 2>/dev/null && ls .whl/diffusers-*.whl > /dev/null 2>&1; then
+    "$py" -m pip install -q --no-deps --no-index --target "$runs/site" .whl/*.whl > "$out/pip.log" 2>&1
+    export PYTHONPATH="$PYTHONPATH:$runs/site"
+fi
+if "$py" -c "import diffusers" 2>/dev/null; then
+    check unet_vs_diffusers_cpu_preset "$py" bench/unet_vs_diffusers.py --device cuda --preset cpu --batch 128 \
+        --steps 20 --warmup 5 --rounds 3
+    check unet_vs_diffusers_ddpm "$py" bench/unet_vs_diffusers.py --device cuda --preset ddpm-cifar10 --batch 128 \
+        --steps 20 --warmup 5 --rounds 3
+fi
 
 {
     echo "| check | exit | time | last line |"

@@ -11,18 +11,22 @@ import torch
 from sdlab.runtime import autocast, fused_optimizer
 
 
-def training_step(model: torch.nn.Module, loss: Callable[[], torch.Tensor], precision: str) -> Callable[[], None]:
-    """One AdamW training step of `model` on `loss()` under the given autocast precision.
+def training_step(model: torch.nn.Module, loss: Callable[[], torch.Tensor], precision: str,
+                  device: torch.device = torch.device("cpu")) -> Callable[[], None]:
+    """One AdamW training step of `model` (on `device`) on `loss()` under the given autocast
+    precision; on CUDA it waits for the GPU, so a timer around it measures the step.
 
     The optimizer is built as the trainer builds it (fused where torch has the kernel)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_optimizer(model))
 
     def step() -> None:
-        with autocast(torch.device("cpu"), precision):
+        with autocast(device, precision):
             value = loss()
         value.float().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     return step
 

@@ -11,6 +11,7 @@ trainer uses on CPU (`runtime.memory_format`: channels-last); diffusers runs as 
     pip install -e ".[bench]"
     python bench/unet_vs_diffusers.py --preset cpu --steps 6 --rounds 3
     python bench/unet_vs_diffusers.py --preset ddpm-cifar10 --steps 3 --rounds 3
+    python bench/unet_vs_diffusers.py --device cuda --batch 128 --steps 20 --warmup 5   # on a GPU
 """
 
 from __future__ import annotations
@@ -42,14 +43,15 @@ def hf_unet(cfg: UNetConfig):
     )
 
 
-def timed_step(model, forward, precision: str, batch: int, size: int, fmt: torch.memory_format):
-    """A training step of `model` on a fixed random batch in memory format `fmt`."""
+def timed_step(model, forward, precision: str, batch: int, size: int, fmt: torch.memory_format,
+               device: torch.device):
+    """A training step of `model` on a fixed random batch in memory format `fmt` on `device`."""
     torch.manual_seed(0)
-    model.to(memory_format=fmt)
-    x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
-    t = torch.randint(0, 1000, (batch,))
+    model.to(device, memory_format=fmt)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+    t = torch.randint(0, 1000, (batch,), device=device)
     target = torch.randn_like(x)
-    return training_step(model, lambda: (forward(model, x, t).float() - target).pow(2).mean(), precision)
+    return training_step(model, lambda: (forward(model, x, t).float() - target).pow(2).mean(), precision, device)
 
 
 def main():
@@ -61,21 +63,24 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     cfg = UNetConfig(**PRESETS[args.preset])
     ours = lambda m, x, t: m(x, t)
     theirs = lambda m, x, t: m(x, t).sample
-    contenders = {"sdlab": (UNet, ours, memory_format(torch.device("cpu"), cfg.image_size)),
+    contenders = {"sdlab": (UNet, ours, memory_format(device, cfg.image_size)),
                   "diffusers": (hf_unet, theirs, torch.contiguous_format),
                   "diffusers channels-last": (hf_unet, theirs, torch.channels_last)}
     count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6
     print(f"preset {args.preset}: sdlab {count(UNet(cfg)):.2f}M params, diffusers {count(hf_unet(cfg)):.2f}M "
-          f"params; batch {args.batch}, 32x32, {args.threads} threads, {args.rounds} rounds of "
-          f"{args.steps} steps, torch {torch.__version__}")
+          f"params; batch {args.batch}, 32x32, {args.device}"
+          f"{f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else f', {args.threads} threads'}, "
+          f"{args.rounds} rounds of {args.steps} steps, torch {torch.__version__}")
     for precision in args.precisions:
         names = list(contenders) if precision == "fp32" else ["sdlab", "diffusers"]
-        steps = {name: timed_step(build(cfg), fwd, precision, args.batch, cfg.image_size, fmt)
+        steps = {name: timed_step(build(cfg), fwd, precision, args.batch, cfg.image_size, fmt, device)
                  for name, (build, fwd, fmt) in ((n, contenders[n]) for n in names)}
         rates = {name: [] for name in names}
         for r in range(args.rounds):

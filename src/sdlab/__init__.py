@@ -5,6 +5,8 @@ Modules (imports point down):
     config      ConfigError and the `require` checks used by every config dataclass
     data        datasets -> in-memory uint8 tensors -> batches in [-1, 1]
     runtime     device, default precision, memory format, autocast: chosen in one place
+    distributed the torchrun job: rank, world size, process group, what rank 0 alone does
+    randomness  a loss's random draws, the same for an image at any number of processes
     kernels     CPU fast paths (GroupNorm, conv, dropout, attention) with PyTorch's state-dict keys
     layers      blocks shared by the VAE and the U-Net
     likelihood  Gaussian KL and the discretized Gaussian likelihood (bits/dim)
@@ -16,7 +18,7 @@ Modules (imports point down):
     checkpoint  atomic save, weights-only load, leftover temporaries, weight digests
     outputs     output folders and files, checked before the work that fills them
     ema         exponential moving average of weights
-    trainer     fit / evaluate / early stopping / checkpoints / TensorBoard
+    trainer     fit / evaluate / early stopping / checkpoints / TensorBoard, on 1 or N processes
     visualize   image grids and plots (matplotlib Agg)
     figures     the figures that explain each component
     recipes     train_vae / train_diffusion and their evaluation, as Python functions

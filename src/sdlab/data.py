@@ -46,7 +46,8 @@ class DataConfig:
     dataset: str = option("cifar10", "dataset to train on", choices=DATASETS)
     data_dir: str = option("./data", "where datasets live (cifar10 is downloaded here when missing)")
     image_size: int = option(32, "images are resized once, at load, to this square size")
-    batch_size: int = option(128, "images per batch")
+    batch_size: int = option(128, "images per batch on each process (under torchrun the global "
+                                         "batch is this x the number of processes)")
     hflip: bool = option(True, "random horizontal flips of training batches")
     val_fraction: float = option(0.1, "held-out share of a folder that has no train/test split")
     num_workers: int = option(2, "threads decoding image files (folder dataset)")
@@ -302,35 +303,54 @@ class BatchLoader:
 
     Epoch `e` uses a permutation and flips drawn from a generator seeded with (seed, e), so any
     epoch, and any batch within it, can be replayed exactly: that is what makes resume exact.
+
+    With data parallelism (`world` processes) batch k of an epoch is a global batch of
+    batch_size x world images from that permutation, and process `rank` gets rows
+    [rank x batch_size, (rank + 1) x batch_size) of it: every epoch's images are split into
+    disjoint shards, and the same seed gives the same global batches at every world size.
     """
 
     def __init__(self, data: ImageSet, batch_size: int, *, shuffle: bool, hflip: bool,
                  drop_last: bool, seed: int = 0, device: torch.device | str = "cpu",
-                 keep_on_device: bool = False):
+                 keep_on_device: bool = False, rank: int = 0, world: int = 1):
         self.device = torch.device(device)
         store = self.device if keep_on_device else torch.device("cpu")
         self.images = data.images.to(store)
         self.labels = data.labels.to(store)
         self.classes = data.classes
-        self.batch_size = batch_size
+        self.batch_size, self.rank, self.world = batch_size, rank, world
         self.shuffle, self.hflip, self.drop_last, self.seed = shuffle, hflip, drop_last, seed
         if self.images.device.type == "cpu" and self.device.type == "cuda":
             self.images, self.labels = self.images.pin_memory(), self.labels.pin_memory()
 
+    @property
+    def global_batch(self) -> int:
+        """Images per step over all processes (batch_size x world)."""
+        return self.batch_size * self.world
+
     def __len__(self) -> int:
+        """Batches per epoch (global batches: every process sees this many)."""
         n = self.images.shape[0]
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return n // self.global_batch if self.drop_last else -(-n // self.global_batch)
+
+    def rows(self, batch: int) -> tuple[int, int]:
+        """(this process's first row, images in the global batch) of batch `batch`: what a
+        `randomness.NoiseSource` needs to draw this process's share of the batch's noise."""
+        return self.rank * self.batch_size, min(self.global_batch, self.images.shape[0] - batch * self.global_batch)
 
     def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (images (B, C, H, W) float in [-1, 1] (float sets as stored), labels (B,) int64)."""
+        """Yield (images (B, C, H, W) float in [-1, 1] (float sets as stored), labels (B,) int64);
+        B is batch_size, or less in a last partial batch (zero for some processes then)."""
         n = self.images.shape[0]
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         flips = torch.rand(n, generator=g) < 0.5
         for b in range(start_batch, len(self)):
-            x, y = self._gather(order[b * self.batch_size:(b + 1) * self.batch_size])
+            first = b * self.global_batch + self.rank * self.batch_size
+            rows = slice(first, min(first + self.batch_size, (b + 1) * self.global_batch))
+            x, y = self._gather(order[rows])
             if self.hflip:
-                flip = flips[b * self.batch_size:(b + 1) * self.batch_size].to(self.device)
+                flip = flips[rows].to(self.device)
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             yield x, y
 

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """A failure the user can fix; the message says how. `exit_code` is the command's status."""
+    """A failure the user can fix; the message says how. `exit_code` is the command's status.
+
+    `agreed` marks an error that every process of a torchrun job raises together (rank 0 found
+    it and told the others, or all decided it at once): only rank 0 prints it."""
 
     exit_code = 2
+    agreed = False
 
 
 def first_line(err: BaseException, limit: int = 160) -> str:

@@ -4,9 +4,15 @@ The model side supplies a loss function
 
     loss_fn(model, images, labels, generator=..., step=...) -> {"loss": scalar, "<term>": scalar}
 
-In training `generator` is None (the global RNG, saved in checkpoints) and `step` the optimizer
-step (for warm-ups). In validation `generator` is a freshly seeded torch.Generator and `step`
-None, so every epoch's validation loss sees the same noise and timesteps and epochs compare. The trainer logs every term, train and val.
+that draws its random numbers (noise, timesteps, label dropout) from `generator`, a
+`randomness.NoiseSource`. In training it draws from the trainer's noise generator (saved in
+checkpoints) and `step` is the optimizer step (for warm-ups); in validation from a freshly
+seeded generator with `step` None, so every epoch's validation loss sees the same noise and
+timesteps and epochs compare. The trainer logs every term, train and val.
+
+On several processes (`distributed.Dist`, started by torchrun) the model is wrapped in
+DistributedDataParallel, each process takes its rows of every global batch, the logged terms
+and validation losses are means over all processes, and only rank 0 writes files.
 
 Checkpoints (`last.pt` each epoch and every `save_every_steps` steps, `best.pt` on improvement)
 hold everything needed to continue exactly: model, EMA, optimizer, LR schedule (with its
@@ -24,6 +30,7 @@ import math
 import signal
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -36,9 +43,11 @@ from .checkpoint import (CheckpointError, checkpoint_kind, load_checkpoint, remo
                          save_checkpoint)
 from .config import option, require, require_choice, require_finite
 from .data import BatchLoader
+from .distributed import Dist
 from .ema import EMA
 from .errors import UserError, first_line
 from .outputs import lock_dir, unlock_dir, writable_dir
+from .randomness import NoiseSource
 from .runtime import DEVICE_HELP, PRECISIONS, autocast, check_device_name, fused_optimizer, memory_format
 
 OPTIMIZERS = ("adam", "adamw")
@@ -109,7 +118,10 @@ CHECKPOINTS = ("last.pt", "best.pt")
 
 
 class TrainingStopped(UserError):
-    """Training ended early and abnormally (signal or non-finite values); the message says why."""
+    """Training ended early and abnormally (signal or non-finite values); the message says why.
+    All processes of a job stop together (the decision is agreed), so only rank 0 reports it."""
+
+    agreed = True
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
@@ -200,16 +212,23 @@ class Trainer:
             (TensorBoard images, sample grids).
         frozen: tensors the run depends on but does not train (e.g. {"vae": {...}} for latent
             diffusion), stored as they are in every checkpoint.
+        dist: this process's place in a torchrun job (the loaders must be sharded to match);
+            the default is one process.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, train: BatchLoader, val: BatchLoader,
                  cfg: TrainConfig, *, run_config: dict, device: torch.device,
-                 epoch_hook: Callable[["Trainer"], None] | None = None, frozen: dict | None = None):
+                 epoch_hook: Callable[["Trainer"], None] | None = None, frozen: dict | None = None,
+                 dist: Dist = Dist()):
         self.model, self.loss_fn, self.train_loader, self.val_loader = model, loss_fn, train, val
         self.memory_format = memory_format(device, train.images.shape[-1])
         model.to(memory_format=self.memory_format)
         self.cfg, self.run_config, self.device, self.epoch_hook = cfg, run_config, device, epoch_hook
-        self.frozen = frozen or {}
+        self.frozen, self.dist = frozen or {}, dist
+        self.net = dist.wrap(model, device)       # what training calls: DDP averages the gradients
+        self.noise = torch.Generator(device).manual_seed(cfg.seed)   # the loss's draws, same on every rank
+        if dist.world > 1:                        # dropout: a stream of each process's own
+            torch.manual_seed(cfg.seed + 1_000_003 * (dist.rank + 1))
         self.save_dir = Path(cfg.save_dir)
         opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
@@ -228,7 +247,9 @@ class Trainer:
         self.history: list[dict] = []
         self.partial: dict[str, float] = {}   # running sums of this epoch's train terms
         self.writer = None
-        self._signal: int | None = None
+        self._signal: int | None = None           # a signal this process received
+        self._stop_signal: int | None = None      # one that some process received (agreed by all)
+        self._time_up = False                     # --max-minutes used up on some process (agreed)
         self._deadline = math.inf
         self._saved: tuple[int, int, int] | None = None   # (epoch, batch, step) held by last.pt
 
@@ -240,9 +261,13 @@ class Trainer:
     # ------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict:
+        """The training state; with several processes every one must call it (it gathers each
+        process's RNG state: rank 0's is "rng", all of them "rank_rng")."""
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        ranks = self.dist.gather(rng)
+        rng = dict(rng, noise=self.noise.get_state())
         return {
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
@@ -253,6 +278,8 @@ class Trainer:
             "best": dict(self.best), "bad_epochs": self.bad_epochs,
             "partial": dict(self.partial), "rng": rng,
             "config": self.run_config, "history": list(self.history), "frozen": self.frozen,
+            "global_batch": self.train_loader.global_batch,
+            **({"rank_rng": ranks} if self.dist.world > 1 else {}),
         }
 
     def load_state_dict(self, state: dict) -> list[str]:
@@ -276,10 +303,34 @@ class Trainer:
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.best, self.bad_epochs = dict(state["best"]), state["bad_epochs"]
         self.partial, self.history = dict(state["partial"]), list(state["history"])
-        torch.set_rng_state(state["rng"]["cpu"].cpu())      # RNG states are CPU byte tensors
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        notes += self._restore_rng(state)
+        stored = state.get("global_batch", self.train_loader.global_batch)
+        if stored != self.train_loader.global_batch and self.batch:
+            done = self.batch * stored
+            self.batch = done // self.train_loader.global_batch
+            notes.append(f"global batch changed from {stored} to {self.train_loader.global_batch} images: "
+                         f"epoch {self.epoch + 1} continues at batch {self.batch} (it had seen {done} images)")
         self._saved = (self.epoch, self.batch, self.step)
+        return notes
+
+    def _restore_rng(self, state: dict) -> list[str]:
+        """Set this process's RNG states from `state`; returns a note when they cannot be restored."""
+        rng, notes = state["rng"], []
+        ranks = state.get("rank_rng")
+        if self.dist.world > 1:
+            if ranks is not None and len(ranks) == self.dist.world:
+                rng = dict(rng, **ranks[self.dist.rank])
+            else:   # a checkpoint of another world size: the dropout streams start afresh
+                rng = {"cpu": torch.manual_seed(self.cfg.seed + 1_000_003 * (self.dist.rank + 1) + self.step).get_state()}
+                notes.append(f"written by {len(ranks) if ranks else 1} process(es), resumed on {self.dist.world}: "
+                             "the loss's noise continues exactly, each process's dropout stream starts afresh")
+        torch.set_rng_state(rng["cpu"].cpu())      # RNG states are CPU byte tensors
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        if "noise" in rng:
+            self.noise.set_state(rng["noise"].cpu())
+        else:                       # written before the loss had its own generator
+            self.noise.manual_seed(self.cfg.seed + self.step)
         return notes
 
     def _resume(self, path: Path, state: dict | None = None) -> None:
@@ -310,6 +361,10 @@ class Trainer:
             if module is not None and not all(torch.isfinite(p).all() for p in module.parameters()):
                 self._stop_non_finite(f"{name} weights after step {self.step}")
         state = self.state_dict()
+        self.dist.on_main(lambda: self._save(state, best))
+        self._saved = (self.epoch, self.batch, self.step)
+
+    def _save(self, state: dict, best: bool) -> None:
         for path in ([self.save_dir / "best.pt"] if best else []) + [self.save_dir / "last.pt"]:
             existed = path.exists()
             try:
@@ -319,7 +374,6 @@ class Trainer:
                 again = "with --resume" if (self.save_dir / "last.pt").exists() else "with --overwrite"
                 raise UserError(f"cannot write {path} ({err.strerror or err}); {kept}. Free disk space "
                                 f"or fix the folder, then run the command again {again}") from None
-        self._saved = (self.epoch, self.batch, self.step)
 
     def _stop_non_finite(self, what: str) -> None:
         if self._saved is not None:
@@ -334,6 +388,9 @@ class Trainer:
     # ------------------------------------------------------------ logging
 
     def log(self, message: str) -> None:
+        """Print `message` and append it to LOG_DIR/train.log (rank 0 only)."""
+        if not self.dist.is_main:
+            return
         tqdm.write(message)
         self.cfg.logs.mkdir(parents=True, exist_ok=True)
         with open(self.cfg.logs / "train.log", "a") as f:
@@ -352,13 +409,17 @@ class Trainer:
         """
         from torch.utils.tensorboard import SummaryWriter
 
-        cfg = self.cfg
-        resume = prepare_run_dir(cfg)          # locks the save dir until fit returns
+        cfg, dist = self.cfg, self.dist
+        resume = dist.on_main(lambda: prepare_run_dir(cfg))    # locks the save dir until fit returns
         previous = {}
         try:
             if resume is not None:
                 self._resume(resume, resume_state)
-            self.writer = SummaryWriter(str(cfg.logs))
+            if dist.is_main:
+                self.writer = SummaryWriter(str(cfg.logs))
+            if dist.world > 1:
+                self.log(f"data parallel: {dist.world} processes x batch {self.train_loader.batch_size} = "
+                         f"{self.train_loader.global_batch} images per step")
             self._deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
             previous = self._install_signal_handlers()
             with torch.autograd.set_detect_anomaly(cfg.debug):
@@ -369,47 +430,68 @@ class Trainer:
             self._restore_signal_handlers(previous)
             if self.writer is not None:
                 self.writer.close()
-            unlock_dir(self.save_dir)
+            if dist.is_main:
+                unlock_dir(self.save_dir)
         return self.history
 
     def _out_of_steps(self) -> bool:
         """True once --max-steps or --max-minutes is used up (the epoch then ends as usual)."""
-        return (bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps) or \
-            time.monotonic() >= self._deadline
+        return (bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps) or self._time_up
+
+    def _agree(self, terms: dict | None = None, count: int = 0) -> dict[str, float]:
+        """Agree with the other processes (one all-reduce): returns each term's mean over the
+        global batch (`count` images here), and sets `_stop_signal` and `_time_up` when any
+        process received a signal or reached --max-minutes. A non-finite term anywhere makes the
+        mean non-finite everywhere, so all processes stop on it together."""
+        names = list(terms or {})
+        flags = torch.tensor([count, self._signal == signal.SIGINT, self._signal == signal.SIGTERM,
+                              time.monotonic() >= self._deadline], dtype=torch.float64, device=self.device)
+        if names:
+            sums = torch.stack([terms[k].detach().double() for k in names]) * count
+            flags = torch.cat([sums, flags])
+        *sums, total, sigint, sigterm, late = self.dist.sum(flags).tolist()
+        self._stop_signal = signal.SIGINT if sigint else signal.SIGTERM if sigterm else None
+        self._time_up = late > 0
+        return {k: v / total for k, v in zip(names, sums)}
 
     def _train_epoch(self) -> bool:
         """One epoch (or its remainder after a resume). Returns True when early stopping fires."""
-        cfg, model = self.cfg, self.model
-        model.train()
-        n_batches = len(self.train_loader)
+        cfg, loader = self.cfg, self.train_loader
+        self.model.train()
+        n_batches = len(loader)
         bar = tqdm(total=n_batches, initial=self.batch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                   leave=False, dynamic_ncols=True)
+                   leave=False, dynamic_ncols=True, disable=not self.dist.is_main)
         window: dict[str, float] = {}
         start, seen = time.perf_counter(), 0
-        for images, labels in self.train_loader.epoch(self.epoch, self.batch):
+        for images, labels in loader.epoch(self.epoch, self.batch):
             images = images.contiguous(memory_format=self.memory_format)
-            seen += images.shape[0]
-            with autocast(self.device, cfg.precision):
-                terms = self.loss_fn(model, images, labels, generator=None, step=self.step)
-            self._check_finite(terms)
-            self.scaler.scale(terms["loss"] / cfg.grad_accum).backward()
+            stepping = (self.batch + 1) % cfg.grad_accum == 0 or self.batch + 1 == n_batches
+            first, count = loader.rows(self.batch)        # count: images in the global batch
+            noise = NoiseSource(self.noise, first, count)
+            # DDP averages gradients in backward; accumulation batches skip that until the step
+            with nullcontext() if stepping or self.dist.world == 1 else self.net.no_sync():
+                with autocast(self.device, cfg.precision):
+                    terms = self.loss_fn(self.net, images, labels, generator=noise, step=self.step)
+                values = self._agree(terms, images.shape[0])
+                self._check_finite(values)
+                self.scaler.scale(terms["loss"] / cfg.grad_accum).backward()
             self.batch += 1
-            values = {k: v.item() for k, v in terms.items()}
+            seen += count
             for k, v in values.items():
-                self.partial[k] = self.partial.get(k, 0.0) + v * images.shape[0]
+                self.partial[k] = self.partial.get(k, 0.0) + v * count
                 window[k] = window.get(k, 0.0) + v
-            self.partial["_count"] = self.partial.get("_count", 0.0) + images.shape[0]
+            self.partial["_count"] = self.partial.get("_count", 0.0) + count
             window["_count"] = window.get("_count", 0.0) + 1
             bar.update(1)
             bar.set_postfix(loss=f"{values['loss']:.4g}")
-            if self.batch % cfg.grad_accum and self.batch != n_batches:
+            if not stepping:
                 continue
             self._optimizer_step()
             if self.step % cfg.log_every == 0:
                 window = self._log_window(window)
             if cfg.save_every_steps and self.step % cfg.save_every_steps == 0 and self.batch < n_batches:
                 self._write_checkpoints()
-            if self._signal is not None:
+            if self._stop_signal is not None:
                 bar.close()
                 self._stop_for_signal()
             if self._out_of_steps():
@@ -420,7 +502,7 @@ class Trainer:
 
     def _log_window(self, window: dict) -> dict:
         """Write the mean of each train term since the last write; returns an empty window."""
-        if window:
+        if window and self.writer is not None:
             for k, v in window.items():
                 if k != "_count":
                     self.writer.add_scalar(f"train/{k}", v / window["_count"], self.step)
@@ -442,11 +524,11 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model, self.step)
 
-    def _check_finite(self, terms: dict) -> None:
-        for name, value in terms.items():
-            if not torch.isfinite(value.detach()).all():
+    def _check_finite(self, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            if not math.isfinite(value):
                 self._stop_non_finite(f"loss at step {self.step + 1} (epoch {self.epoch + 1}): term "
-                                      f"'{name}' = {value.detach().float().mean().item()}")
+                                      f"'{name}' = {value}")
 
     def _end_epoch(self, images_per_second: float) -> bool:
         cfg = self.cfg
@@ -461,7 +543,8 @@ class Trainer:
                                   f"{', '.join(f'{k} = {val[k]}' for k in bad)}")
         record.update({f"val/{k}": v for k, v in val.items()})
         for k, v in val.items():
-            self.writer.add_scalar(f"val/{k}", v, self.step)
+            if self.writer is not None:
+                self.writer.add_scalar(f"val/{k}", v, self.step)
         self.history.append(record)
         self.epoch += 1
         self.batch, self.partial = 0, {}
@@ -473,16 +556,19 @@ class Trainer:
         else:
             self.bad_epochs += 1
         self._write_checkpoints(best=improved)
-        (self.save_dir / "history.json").write_text(json.dumps(self.history, indent=1))
+        if self.dist.is_main:
+            (self.save_dir / "history.json").write_text(json.dumps(self.history, indent=1))
         terms = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if "/" in k)
         self.log(f"epoch {self.epoch}/{cfg.epochs} step {self.step}  {terms}"
                  f"  {images_per_second:.0f} img/s{'  (best)' if improved else ''}")
-        if self._signal is not None:      # arrived during validation's last batch: skip the hook
+        self._agree()
+        if self._stop_signal is not None:   # arrived during validation's last batch: skip the hook
             self._stop_for_signal()
-        if self.epoch_hook is not None:
+        if self.epoch_hook is not None and self.dist.is_main:
             self.epoch_hook(self)
-        self.writer.flush()
-        if self._signal is not None:      # arrived during the hook (sample grids take a while)
+            self.writer.flush()
+        self._agree()
+        if self._stop_signal is not None:   # arrived during the hook (sample grids take a while)
             self._stop_for_signal()
         if cfg.early_stop_patience and self.bad_epochs >= cfg.early_stop_patience:
             self.log(f"early stopping at epoch {self.epoch}: val/loss has not improved by more than "
@@ -504,15 +590,19 @@ class Trainer:
         model.eval()
         generator = torch.Generator(self.device).manual_seed(self.cfg.seed + 7919)
         sums: dict[str, float] = {}
-        count = 0
-        for images, labels in self.val_loader.epoch(0):
-            if stop_on_signal and self._signal is not None:
+        count, terms = 0, {}
+        for batch, (images, labels) in enumerate(self.val_loader.epoch(0)):
+            if images.shape[0]:       # a process's share of the last batch may be empty
+                with autocast(self.device, self.cfg.precision):
+                    terms = self.loss_fn(model, images, labels, generator=NoiseSource(
+                        generator, *self.val_loader.rows(batch)), step=None)
+            values = self._agree(terms, images.shape[0])
+            total = self.val_loader.rows(batch)[1]
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v * total
+            count += total
+            if stop_on_signal and self._stop_signal is not None:
                 self._stop_for_signal()
-            with autocast(self.device, self.cfg.precision):
-                terms = self.loss_fn(model, images, labels, generator=generator, step=None)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v.item() * images.shape[0]
-            count += images.shape[0]
         model.train(was_training)
         return {k: v / count for k, v in sums.items()}
 
@@ -540,7 +630,7 @@ class Trainer:
         path = self.save_dir / "last.pt"
         if self._saved != (self.epoch, self.batch, self.step):
             self._write_checkpoints()
-        name = signal.Signals(self._signal).name
+        name = signal.Signals(self._stop_signal).name
         self.log(f"{name}: stopped at epoch {self.epoch + 1}, batch {self.batch}, step {self.step}; "
                  f"saved {path}. Resume with the same command plus --resume")
         raise TrainingStopped(f"interrupted by {name}; resume with --resume", exit_code=130)

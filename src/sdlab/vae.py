@@ -23,6 +23,7 @@ from torch import nn
 from .config import option, require, require_choice, require_finite
 from .kernels.groupnorm import GroupNorm
 from .layers import Downsample, ResBlock, Upsample
+from .randomness import NoiseSource
 
 RECON_LOSSES = ("mse", "l1")
 REDUCTIONS = ("sum", "mean")
@@ -81,14 +82,13 @@ class DiagonalGaussian:
         self.logvar = logvar.clamp(-30.0, 20.0)
         self.std = torch.exp(0.5 * self.logvar)
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, generator: torch.Generator | NoiseSource | None = None) -> torch.Tensor:
         """Reparameterization (VAE eq. (10)): z = mu + sigma * eps with eps ~ N(0, I).
 
         eps must be standard normal: uniform noise (the original repo's bug) has the wrong
         mean and variance, so z would not be distributed as q(z | x).
         """
-        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device,
-                          dtype=self.mean.dtype)
+        eps = NoiseSource.of(generator).normal(self.mean)
         return self.mean + self.std * eps
 
     def mode(self) -> torch.Tensor:
@@ -173,7 +173,7 @@ class VAE(nn.Module):
         """z (B, latent_channels, H/f, W/f) -> x_hat (B, C, H, W), roughly in [-1, 1]."""
         return self.decoder(self.post_quant_conv(z))
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
+    def forward(self, x: torch.Tensor, generator: torch.Generator | NoiseSource | None = None,
                 sample: bool = True) -> tuple[torch.Tensor, DiagonalGaussian]:
         posterior = self.encode(x)
         z = posterior.sample(generator) if sample else posterior.mode()
@@ -187,7 +187,7 @@ def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def vae_loss(model: VAE, x: torch.Tensor, cfg: VAELossConfig, *,
-             generator: torch.Generator | None = None, step: int | None = None) -> dict:
+             generator: torch.Generator | NoiseSource | None = None, step: int | None = None) -> dict:
     """Negative ELBO with weight beta on the KL, normalised per image.
 
     recon = sum over the C*H*W pixels of (x_hat - x)^2 (mse) or |x_hat - x| (l1), per image;
@@ -199,7 +199,8 @@ def vae_loss(model: VAE, x: torch.Tensor, cfg: VAELossConfig, *,
 
     Args:
         x: images (B, C, H, W) in [-1, 1].
-        generator: noise source for the reparameterization (validation passes a seeded one).
+        generator: random source of the reparameterization (validation passes a seeded one; the
+            trainer a NoiseSource, see `sdlab.randomness`).
         step: the training step, for the beta warm-up; None (validation) uses the full beta.
     Returns:
         {"loss", "recon", "kl", "psnr"}: loss is differentiable, the rest are detached.

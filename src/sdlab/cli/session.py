@@ -18,6 +18,7 @@ import torch
 
 from ..config import ConfigError
 from ..data import DATASETS, DataConfig
+from ..distributed import launched_rank
 from ..errors import UserError
 from ..outputs import unlock_dir, writable_file
 from ..runtime import DEVICE_HELP, check_precision, pick_device
@@ -62,6 +63,8 @@ def user_errors(main: Callable) -> Callable:
         except ConfigError as err:
             print_error_and_exit(f"{flag_name(err.field)}: {err.message}")
         except UserError as err:
+            if err.agreed and launched_rank() != 0:      # rank 0 of the torchrun job says it
+                raise SystemExit(err.exit_code) from None
             print_error_and_exit(str(err), err.exit_code)
         except OSError as err:
             where = f"{err.filename}: " if err.filename else ""

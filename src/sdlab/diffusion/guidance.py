@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import option, require, require_finite
+from ..randomness import NoiseSource
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,11 @@ class GuidanceConfig:
 
 
 def drop_labels(labels: torch.Tensor, prob: float, null_class: int,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Replace each label by `null_class` with probability `prob` (label dropout)."""
+                generator: torch.Generator | NoiseSource | None = None) -> torch.Tensor:
+    """Replace each label (B,) by `null_class` with probability `prob` (label dropout)."""
     if prob <= 0:
         return labels
-    drop = torch.rand(labels.shape, generator=generator, device=labels.device) < prob
+    drop = NoiseSource.of(generator).uniform(labels.shape[0], labels.device) < prob
     return torch.where(drop, torch.full_like(labels, null_class), labels)
 
 

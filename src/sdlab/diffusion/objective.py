@@ -17,6 +17,7 @@ import torch
 
 from ..config import option, require, require_choice, require_finite
 from ..likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl
+from ..randomness import NoiseSource
 from .schedule import SCHEDULES, NoiseSchedule
 
 PREDICTIONS = ("eps", "v", "x0")
@@ -45,7 +46,8 @@ class DiffusionConfig:
 
 
 def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, cfg: DiffusionConfig,
-                   labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                   labels: torch.Tensor | None = None,
+                   generator: torch.Generator | NoiseSource | None = None,
                    t: torch.Tensor | None = None) -> dict:
     """DDPM Algorithm 1: t ~ Uniform{0..T-1}, eps ~ N(0, I), regress the target at x_t.
 
@@ -55,15 +57,16 @@ def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, cfg: Diffus
 
     Args:
         x0: clean images (B, C, H, W) in [-1, 1].
-        generator: noise and timestep source (validation passes a seeded one).
+        generator: noise and timestep source (validation passes a seeded one; the trainer a
+            NoiseSource, see `sdlab.randomness`).
         t: optional fixed timesteps (B,), e.g. for loss-per-timestep figures.
     Returns:
         {"loss": weighted mean, "mse": unweighted L_simple (detached)}.
     """
-    b = x0.shape[0]
+    b, draw = x0.shape[0], NoiseSource.of(generator)
     if t is None:
-        t = torch.randint(0, schedule.num_timesteps, (b,), device=x0.device, generator=generator)
-    eps = torch.empty_like(x0).normal_(generator=generator)          # in x0's memory format
+        t = draw.integers(schedule.num_timesteps, b, x0.device)
+    eps = draw.normal(x0)          # in x0's memory format
     xt = schedule.q_sample(x0, t, eps)
     target = {"eps": eps, "v": schedule.v_target(x0, t, eps), "x0": x0}[cfg.prediction]
     per_image = (model(xt, t, labels).float() - target).pow(2).flatten(1).mean(1)    # (B,)

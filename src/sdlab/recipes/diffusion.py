@@ -17,19 +17,19 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError, from_stored
-from ..data import DataConfig, Splits, load_splits
+from ..data import DataConfig, Splits
 from ..diffusion import DiffusionConfig, SamplerConfig, Trajectory, diffusion_loss
 from ..diffusion.guidance import GuidanceConfig, drop_labels
 from ..errors import UserError
 from ..figures import (class_grid, forward_process, guidance_sweep, latent_pipeline, loss_by_timestep,
                        reverse_process, schedules)
 from ..latent import LatentConfig, encode_splits
+from ..distributed import Dist
 from ..pipeline import DiffusionPipeline, build_vae, carried_vae, load_trained, stored_vae
-from ..runtime import check_precision, pick_device
 from ..trainer import TrainConfig, Trainer
 from ..unet import UNet, UNetConfig
 from ..visualize import grid, plot_history, save_grid
-from .run import Trained, build_loaders, prepare_run, report, save_run_config
+from .run import Trained, build_loaders, load_data, prepare_run, report, save_run_config, start_run
 
 
 @dataclass(frozen=True)
@@ -66,16 +66,19 @@ def latent_vae(latent_cfg: LatentConfig, resumed: dict | None) -> dict:
 
 
 def latent_splits(carried: dict, splits: Splits, device: torch.device, cache_dir: str,
-                  attention_resolutions: tuple[int, ...]) -> tuple[Splits, dict]:
-    """Encode both splits with the frozen VAE (`carried_vae`'s dict); returns the latent splits
-    and {"geometry": the U-Net's latent geometry (pixel attention resolutions divided by the
-    VAE's downsampling factor), "info": what the run config stores, "vae": the frozen VAE}."""
+                  attention_resolutions: tuple[int, ...], dist: Dist = Dist()) -> tuple[Splits, dict]:
+    """Encode both splits with the frozen VAE (`carried_vae`'s dict; rank 0 first, writing the
+    cache); returns the latent splits and {"geometry": the U-Net's latent geometry (pixel
+    attention resolutions divided by the VAE's downsampling factor), "info": what the run config
+    stores, "vae": the frozen VAE}."""
     vae = build_vae(carried, device, "--vae-checkpoint")
-    train, test, scale = encode_splits(vae, carried["sha256"], splits.train, splits.test, device,
-                                       cache_dir=cache_dir)
+    with dist.main_first():
+        train, test, scale = encode_splits(vae, carried["sha256"], splits.train, splits.test, device,
+                                           cache_dir=cache_dir)
     f = vae.cfg.downsampling
-    print(f"latent diffusion: {len(train)} images encoded to {tuple(train.images.shape[1:])} by the "
-          f"VAE {carried['sha256'][:12]}; scale factor s = 1/std = {scale:.5f}")
+    if dist.is_main:
+        print(f"latent diffusion: {len(train)} images encoded to {tuple(train.images.shape[1:])} by the "
+              f"VAE {carried['sha256'][:12]}; scale factor s = 1/std = {scale:.5f}")
     geometry = {"in_channels": train.channels, "image_size": train.images.shape[-1],
                 "attention_resolutions": tuple(max(r // f, 1) for r in attention_resolutions)}
     info = {"vae_sha256": carried["sha256"], "scale_factor": scale, "downsampling": f,
@@ -144,13 +147,12 @@ def train_diffusion(run: DiffusionRun) -> Trained:
     run.unet.image_size is taken from run.data; a resumed run keeps the U-Net, schedule, latent
     VAE and conditioning stored in its checkpoint.
     """
-    device = pick_device(run.train.device)
-    check_precision(device, run.train.precision)
     if run.latent.latent and not run.latent.vae_checkpoint and not run.train.resume:
         raise ConfigError("vae_checkpoint", "--latent needs --vae-checkpoint PATH (a best.pt or last.pt "
                                             "from train_vae.py)")
+    dist, device = start_run(run.train)
     run = dataclasses.replace(run, unet=dataclasses.replace(run.unet, image_size=run.data.image_size))
-    resumed = prepare_run(run.train, "diffusion")
+    resumed = prepare_run(run.train, "diffusion", dist)
     if resumed is not None:
         stored = resumed["config"]
         latent = stored.get("latent_vae") or {}
@@ -165,14 +167,14 @@ def train_diffusion(run: DiffusionRun) -> Trained:
     splits, vae, run_extra, frozen = None, None, {}, {}
     if run.latent.latent:
         frozen["vae"] = latent_vae(run.latent, resumed)
-        splits, latent = latent_splits(frozen["vae"], load_splits(run.data, seed=train_cfg.seed), device,
-                                       train_cfg.save_dir, run.unet.attention_resolutions)
+        splits, latent = latent_splits(frozen["vae"], load_data(run.data, train_cfg, dist), device,
+                                       train_cfg.save_dir, run.unet.attention_resolutions, dist)
         if resumed is None:  # a resumed U-Net config has the latent geometry already
             run = dataclasses.replace(run, unet=dataclasses.replace(run.unet, **latent["geometry"]))
         run = dataclasses.replace(run, data=dataclasses.replace(run.data, hflip=False))  # latents are not flip-symmetric
         run_extra["latent_vae"] = dict(latent["info"], vae_checkpoint=run.latent.vae_checkpoint)
         vae = latent["vae"]
-    splits, train_loader, val_loader = build_loaders(run.data, train_cfg, device, splits)
+    splits, train_loader, val_loader = build_loaders(run.data, train_cfg, device, splits, dist)
     if run.unet.in_channels != splits.train.channels:
         raise ConfigError("in_channels", f"is {run.unet.in_channels} but --dataset {run.data.dataset} "
                                          f"has {splits.train.channels} channels; pass --in-chans "
@@ -182,20 +184,21 @@ def train_diffusion(run: DiffusionRun) -> Trained:
     unet_cfg = run.unet
     model = UNet(unet_cfg).to(device)
     schedule = diff_cfg.make_schedule().to(device)
-    print(f"U-Net: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on "
-          f"{unet_cfg.in_channels}x{unet_cfg.image_size}x{unet_cfg.image_size}; T = {diff_cfg.num_timesteps} "
-          f"({diff_cfg.schedule}), predicting {diff_cfg.prediction}"
-          f"{', class-conditional' if guide_cfg.class_cond else ''}; {len(splits.train)} train / "
-          f"{len(splits.test)} val images, device {device}, precision {train_cfg.precision}")
-    run_config = save_run_config(vars(run), train_cfg.save_dir)
+    if dist.is_main:
+        print(f"U-Net: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on "
+              f"{unet_cfg.in_channels}x{unet_cfg.image_size}x{unet_cfg.image_size}; T = {diff_cfg.num_timesteps} "
+              f"({diff_cfg.schedule}), predicting {diff_cfg.prediction}"
+              f"{', class-conditional' if guide_cfg.class_cond else ''}; {len(splits.train)} train / "
+              f"{len(splits.test)} val images, device {device}, precision {train_cfg.precision}")
+    run_config = save_run_config(vars(run), train_cfg.save_dir, dist)
     run_config.update(kind="diffusion", classes=list(splits.train.classes), **run_extra)
     null_class = unet_cfg.num_classes
 
     def loss_fn(net, images, labels, generator=None, step=None):
         if not guide_cfg.class_cond:
             labels = None
-        elif generator is None:  # training: label dropout teaches the unconditional model too
-            labels = drop_labels(labels, guide_cfg.cond_drop_prob, null_class)
+        elif step is not None:  # training: label dropout teaches the unconditional model too
+            labels = drop_labels(labels, guide_cfg.cond_drop_prob, null_class, generator)
         return diffusion_loss(net, schedule, images, diff_cfg, labels, generator=generator)
 
     pipe = DiffusionPipeline(model, schedule, diff_cfg.prediction, vae,
@@ -203,11 +206,11 @@ def train_diffusion(run: DiffusionRun) -> Trained:
                              splits.train.classes if guide_cfg.class_cond else (), run_config)
     grids = SampleGrid(pipe, run)
     trainer = Trainer(model, loss_fn, train_loader, val_loader, train_cfg, run_config=run_config,
-                      device=device, epoch_hook=grids, frozen=frozen)
+                      device=device, epoch_hook=grids, frozen=frozen, dist=dist)
     trainer.fit(resume_state=resumed)
     report(trainer)
     pipe.model = trainer.eval_model
-    if train_cfg.visualize:
+    if train_cfg.visualize and dist.is_main:
         val, val_labels = val_loader.spread(256)
         write_figures(grids, trainer.history, val, val_labels, train_cfg.save_dir)
     return Trained(trainer, pipe)

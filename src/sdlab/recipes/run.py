@@ -1,5 +1,6 @@
-"""What every training recipe shares: claiming the run folder (and reading the checkpoint to
-resume), the data loaders, the run config written beside the checkpoints, and the final report.
+"""What every training recipe shares: joining a torchrun job, claiming the run folder (and
+reading the checkpoint to resume), the data loaders, the run config written beside the
+checkpoints, and the final report.
 """
 
 from __future__ import annotations
@@ -14,18 +15,27 @@ import torch
 
 from ..checkpoint import CheckpointError
 from ..config import config_dict
-from ..data import BatchLoader, DataConfig, Splits, load_splits
+from ..data import BatchLoader, DataConfig, DataError, Splits, load_splits
+from ..distributed import Dist, setup
 from ..pipeline import DiffusionPipeline, load_trained
+from ..runtime import check_precision, pick_device
 from ..trainer import CHECKPOINTS, TrainConfig, Trainer, prepare_run_dir
 
 # TrainConfig fields that act once, when a run starts, and are never stored.
 ONE_OFF_ACTIONS = {"resume": "", "overwrite": False, "reset_schedule": False}
 
 
-def prepare_run(train: TrainConfig, kind: str) -> dict | None:
-    """Check the output folders before any work (see `trainer.prepare_run_dir`); with --resume,
-    return the checkpoint it names, which must be a `kind` checkpoint (else None)."""
-    path = prepare_run_dir(train)
+def start_run(train: TrainConfig) -> tuple[Dist, torch.device]:
+    """This process's place in a torchrun job (one process without torchrun) and its device."""
+    device = pick_device(train.device)
+    check_precision(device, train.precision)
+    return setup(device)
+
+
+def prepare_run(train: TrainConfig, kind: str, dist: Dist) -> dict | None:
+    """Check the output folders before any work (see `trainer.prepare_run_dir`; rank 0 does it);
+    with --resume, return the checkpoint it names, which must be a `kind` checkpoint (else None)."""
+    path = dist.on_main(lambda: prepare_run_dir(train))
     if path is None:
         return None
     try:
@@ -41,29 +51,44 @@ def stored_data_config(config: dict, dataset: str | None, data_dir: str | None) 
     return DataConfig(**stored)
 
 
+def load_data(data: DataConfig, train: TrainConfig, dist: Dist) -> Splits:
+    """The decoded dataset (rank 0 decodes first and writes the cache the others then read)."""
+    with dist.main_first():
+        return load_splits(data, seed=train.seed)
+
+
 def build_loaders(data: DataConfig, train: TrainConfig, device: torch.device,
-                  splits: Splits | None = None) -> tuple[Splits, BatchLoader, BatchLoader]:
-    """Decode the dataset once and cut it into training and validation batch loaders."""
-    splits = splits or load_splits(data, seed=train.seed)
+                  splits: Splits | None = None, dist: Dist = Dist()) -> tuple[Splits, BatchLoader, BatchLoader]:
+    """Decode the dataset once and cut it into training and validation batch loaders (each
+    process's shard of every global batch, see `BatchLoader`)."""
+    splits = splits or load_data(data, train, dist)
     keep = data.gpu_cache and device.type == "cuda"
+    step_images = data.batch_size * dist.world
+    if dist.world > 1:
+        for name, split in (("training", splits.train), ("validation", splits.test)):
+            if len(split) < step_images:
+                raise DataError(f"the {name} split has {len(split)} images, fewer than one step's "
+                                f"{step_images} ({dist.world} processes x --batch-size {data.batch_size}); "
+                                "lower --batch-size or start fewer processes")
+    shard = {"device": device, "keep_on_device": keep, "rank": dist.rank, "world": dist.world}
     train_loader = BatchLoader(splits.train, data.batch_size, shuffle=True, hflip=data.hflip,
-                               drop_last=len(splits.train) >= data.batch_size, seed=train.seed,
-                               device=device, keep_on_device=keep)
+                               drop_last=len(splits.train) >= step_images, seed=train.seed, **shard)
     val_loader = BatchLoader(splits.test, data.batch_size, shuffle=False, hflip=False,
-                             drop_last=False, device=device, keep_on_device=keep)
+                             drop_last=False, **shard)
     return splits, train_loader, val_loader
 
 
-def save_run_config(configs: dict, save_dir: str) -> dict:
-    """Write the resolved config as SAVE_DIR/config.json; returns it as a plain dict.
+def save_run_config(configs: dict, save_dir: str, dist: Dist = Dist()) -> dict:
+    """Write the resolved config as SAVE_DIR/config.json (rank 0); returns it as a plain dict.
 
     The one-off actions (--resume, --overwrite, --reset-schedule) are stored at their defaults:
     a config passed back with --config must never resume or delete a run by itself."""
     configs = dict(configs, train=dataclasses.replace(configs["train"], **ONE_OFF_ACTIONS))
     resolved = config_dict(configs)
-    path = Path(save_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(json.dumps(resolved, indent=2))
+    if dist.is_main:
+        path = Path(save_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps(resolved, indent=2))
     return resolved
 
 
@@ -77,8 +102,10 @@ class Trained:
 
 
 def report(trainer: Trainer) -> None:
-    """Say where a finished run's outputs went."""
+    """Say where a finished run's outputs went (rank 0)."""
     cfg = trainer.cfg
+    if not trainer.dist.is_main:
+        return
     written = ", ".join(name for name in CHECKPOINTS if (Path(cfg.save_dir) / name).exists())
     print(f"done: checkpoints in {cfg.save_dir} ({written}), TensorBoard logs in {cfg.logs} "
           f"(tensorboard --logdir {cfg.logs})", file=sys.stderr)

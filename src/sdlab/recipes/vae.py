@@ -18,11 +18,10 @@ from ..config import ConfigError, from_stored
 from ..data import BatchLoader, DataConfig
 from ..likelihood import bits_per_dim, discretized_gaussian_log_likelihood
 from ..figures import vae_figures
-from ..runtime import check_precision, pick_device
 from ..trainer import TrainConfig, Trainer
 from ..vae import VAE, VAEConfig, VAELossConfig, psnr, vae_loss
 from ..visualize import grid
-from .run import Trained, build_loaders, prepare_run, report, save_run_config
+from .run import Trained, build_loaders, prepare_run, report, save_run_config, start_run
 
 
 @dataclass(frozen=True)
@@ -50,14 +49,13 @@ def log_images(trainer: Trainer, fixed: torch.Tensor, latent_shape) -> None:
 def train_vae(run: VAERun) -> Trained:
     """Train (or, with run.train.resume, continue) a VAE; returns the trainer (history, EMA weights
     as `trainer.eval_model`). A resumed run keeps the architecture stored in its checkpoint."""
-    device = pick_device(run.train.device)
-    check_precision(device, run.train.precision)
-    resumed = prepare_run(run.train, "vae")
+    dist, device = start_run(run.train)
+    resumed = prepare_run(run.train, "vae", dist)
     if resumed is not None:
         run = VAERun(run.data, run.train, from_stored(VAEConfig, resumed["config"]["vae"]), run.loss)
     data_cfg, train_cfg, vae_cfg, loss_cfg = run.data, run.train, run.vae, run.loss
     torch.manual_seed(train_cfg.seed)
-    splits, train_loader, val_loader = build_loaders(data_cfg, train_cfg, device)
+    splits, train_loader, val_loader = build_loaders(data_cfg, train_cfg, device, dist=dist)
     if splits.train.channels != vae_cfg.in_channels:
         raise ConfigError("in_channels", f"is {vae_cfg.in_channels} but --dataset {data_cfg.dataset} "
                                          f"has {splits.train.channels} channels; pass --in-chans "
@@ -68,10 +66,11 @@ def train_vae(run: VAERun) -> Trained:
     vae = VAE(vae_cfg).to(device)
     n_params = sum(p.numel() for p in vae.parameters())
     latent_shape = vae_cfg.latent_shape(data_cfg.image_size)
-    print(f"VAE: {n_params / 1e6:.2f}M parameters, latent {'x'.join(map(str, latent_shape))}, "
-          f"{len(splits.train)} train / {len(splits.test)} val images, device {device}, "
-          f"precision {train_cfg.precision}")
-    run_config = save_run_config(vars(run), train_cfg.save_dir)
+    if dist.is_main:
+        print(f"VAE: {n_params / 1e6:.2f}M parameters, latent {'x'.join(map(str, latent_shape))}, "
+              f"{len(splits.train)} train / {len(splits.test)} val images, device {device}, "
+              f"precision {train_cfg.precision}")
+    run_config = save_run_config(vars(run), train_cfg.save_dir, dist)
     run_config["kind"] = "vae"
     fixed = val_loader.spread(8)[0]
 
@@ -79,10 +78,10 @@ def train_vae(run: VAERun) -> Trained:
         return vae_loss(model, images, loss_cfg, generator=generator, step=step)
 
     trainer = Trainer(vae, loss_fn, train_loader, val_loader, train_cfg, run_config=run_config,
-                      device=device, epoch_hook=lambda t: log_images(t, fixed, latent_shape))
+                      device=device, epoch_hook=lambda t: log_images(t, fixed, latent_shape), dist=dist)
     trainer.fit(resume_state=resumed)
     report(trainer)
-    if train_cfg.visualize:
+    if train_cfg.visualize and dist.is_main:
         vae_figures(trainer.eval_model, trainer.history, val_loader.spread(256)[0], train_cfg.save_dir)
     return Trained(trainer)
 
