@@ -11,7 +11,7 @@
 # 4. the U-Net training throughput against diffusers' UNet2DModel on the GPU, when diffusers is
 #    importable or its wheel (and importlib_metadata's) lies in .whl/ (pip download --no-deps ... -d .whl).
 # Prints one summary table; logs, images and the table go to DEST/gpu_check.tgz (default DEST: a
-# temp dir). TEST_SECONDS caps step 1.
+# temp dir). TEST_SECONDS caps step 1; PYTEST_ARGS adds to its pytest line (e.g. "-n 8" with xdist).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dest=${1:-$(mktemp -d)}; mkdir -p "$dest"
@@ -29,7 +29,7 @@ check() {  # check NAME COMMAND...: run, log, record status and seconds
 }
 
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee "$out/device.txt"
-check tests timeout "${TEST_SECONDS:-300}" "$py" -m pytest -q -x -p no:cacheprovider
+check tests timeout "${TEST_SECONDS:-300}" "$py" -m pytest -q -x -p no:cacheprovider ${PYTEST_ARGS:-}
 
 data=(--dataset synthetic --synthetic-size 4000 --device cuda)
 runs=$(mktemp -d)
