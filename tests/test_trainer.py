@@ -1,4 +1,5 @@
 import math
+import os
 import signal
 import time
 
@@ -178,11 +179,12 @@ def test_sigint_in_a_subprocess_leaves_a_resumable_last_pt(tmp_path):
     args = [ROOT / "diffusers" / "train_vae.py", "--dataset", "synthetic", "--synthetic-size", "1024",
             "--batch", "8", "--epochs", "40", "--base-channels", "8", "--precision", "fp32",
             "--save-dir", out, "--device", "cpu"]
-    proc = subprocess.Popen([sys.executable, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
+    proc = subprocess.Popen([sys.executable, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS="2"))  # also under pytest -n
+    deadline = time.time() + 240
     while not (out / "last.pt").exists() and time.time() < deadline:
         time.sleep(0.2)
+    assert (out / "last.pt").exists(), "the first epoch did not end within 240 s"
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=60)
