@@ -67,9 +67,11 @@ def build_loaders(data: DataConfig, train: TrainConfig, device: torch.device,
     if dist.world > 1:
         for name, split in (("training", splits.train), ("validation", splits.test)):
             if len(split) < step_images:
-                raise DataError(f"the {name} split has {len(split)} images, fewer than one step's "
+                err = DataError(f"the {name} split has {len(split)} images, fewer than one step's "
                                 f"{step_images} ({dist.world} processes x --batch-size {data.batch_size}); "
                                 "lower --batch-size or start fewer processes")
+                err.agreed = True           # every process finds it: rank 0 alone says it
+                raise err
     shard = {"device": device, "keep_on_device": keep, "rank": dist.rank, "world": dist.world}
     train_loader = BatchLoader(splits.train, data.batch_size, shuffle=True, hflip=data.hflip,
                                drop_last=len(splits.train) >= step_images, seed=train.seed, **shard)
