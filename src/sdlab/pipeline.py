@@ -27,7 +27,8 @@ from .unet import UNet, UNetConfig
 from .vae import VAE, VAEConfig
 
 
-KINDS = {"vae": ("VAE", "train_vae.py"), "diffusion": ("diffusion", "train_diffusion.py")}
+KINDS = {"vae": ("VAE", "train_vae.py"), "diffusion": ("diffusion", "train_diffusion.py"),
+         "classifier": ("classifier", "sdlab-train-classifier")}
 
 
 def load_trained(path: str, device: torch.device, kind: str) -> dict:

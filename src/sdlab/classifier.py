@@ -1,0 +1,98 @@
+"""A small image classifier whose features make an offline sample-quality metric.
+
+FID needs Inception-v3 weights that cannot always be downloaded; a classifier trained here on the
+same data gives features that need no download. `sdlab-eval-samples --features classifier`
+reports the Fréchet distance in its penultimate features ("FD-classifier", never FID: the
+numbers are not comparable with papers') and, for class-conditional samples, how often the
+classifier recognises the intended class.
+
+The network is a plain VGG-like stack in the style of the fast CIFAR-10 trainers (Keller Jordan's
+airbench; Page's "How to train your ResNet"): a 3x3 stem, then per width a conv, a 2x2 max pool
+and a second conv, each followed by BatchNorm and GELU; global max pooling; a linear layer.
+Training adds label smoothing and random translations of up to `translate` pixels (reflection
+padding) to the loader's horizontal flips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import option, require, require_finite
+from .randomness import NoiseSource
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    in_channels: int = option(3, "image channels")
+    widths: tuple[int, ...] = option((32, 64, 128), "channels of each stage (each halves the map size)")
+    num_classes: int = option(10, "classes (set from the dataset)")
+    label_smoothing: float = option(0.2, "label smoothing of the cross-entropy")
+    translate: int = option(2, "random translation of training images, in pixels (0 disables)")
+
+    def __post_init__(self):
+        require_finite(self)
+        require(len(self.widths) >= 1 and min(self.widths) >= 1, "widths", f"need positive widths (got {self.widths})")
+        require(self.num_classes >= 2, "num_classes", f"must be >= 2 (got {self.num_classes})")
+        require(0 <= self.label_smoothing < 1, "label_smoothing", f"must be in [0, 1) (got {self.label_smoothing})")
+        require(self.translate >= 0, "translate", f"must be >= 0 (got {self.translate})")
+
+
+def conv_bn(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout)]
+
+
+class Classifier(nn.Module):
+    """(B, C, H, W) images in [-1, 1] -> (B, num_classes) logits; `features` gives the pooled
+    (B, widths[-1]) penultimate features the Fréchet distance is measured in."""
+
+    def __init__(self, cfg: ClassifierConfig):
+        super().__init__()
+        self.cfg = cfg
+        layers: list[nn.Module] = [*conv_bn(cfg.in_channels, cfg.widths[0]), nn.GELU()]
+        prev = cfg.widths[0]
+        for width in cfg.widths:
+            layers += [nn.Conv2d(prev, width, 3, padding=1, bias=False), nn.MaxPool2d(2),
+                       nn.BatchNorm2d(width), nn.GELU(), *conv_bn(width, width), nn.GELU()]
+            prev = width
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(prev, cfg.num_classes, bias=False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Global max pool of the last stage, (B, widths[-1])."""
+        return self.body(x).amax(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def translate(images: torch.Tensor, shift: int, draw: NoiseSource) -> torch.Tensor:
+    """Shift each image by (dy, dx), each uniform in {-shift..shift}, with reflection padding."""
+    b, _, h, w = images.shape
+    padded = F.pad(images, (shift,) * 4, mode="reflect")
+    dy, dx = draw.integers(2 * shift + 1, b, images.device), draw.integers(2 * shift + 1, b, images.device)
+    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]     # (B, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]     # (B, 1, 1, W)
+    batch = torch.arange(b, device=images.device)[:, None, None, None]
+    channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    out = torch.empty_like(images)          # keeps the batch's memory format
+    return out.copy_(padded[batch, channel, rows, cols])
+
+
+def classifier_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: ClassifierConfig,
+                    generator: torch.Generator | NoiseSource | None = None, step: int | None = None) -> dict:
+    """Cross-entropy with label smoothing (training adds random translations; `step` None means
+    validation: plain images, and the loss is also reported without smoothing).
+
+    Returns {"loss", "accuracy"} (and "nll", the unsmoothed cross-entropy, in validation)."""
+    if step is not None and cfg.translate:
+        images = translate(images, cfg.translate, NoiseSource.of(generator))
+    logits = model(images).float()
+    loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+    terms = {"loss": loss, "accuracy": (logits.argmax(1) == labels).float().mean()}
+    if step is None:
+        terms["nll"] = F.cross_entropy(logits, labels)
+    return terms

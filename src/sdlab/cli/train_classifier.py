@@ -1,0 +1,49 @@
+"""`sdlab-train-classifier`: train the small classifier whose features and predictions make the
+offline sample-quality metric (FD-classifier, accuracy of class-conditional samples); flags ->
+`recipes.ClassifierRun` -> `recipes.train_classifier`.
+
+    sdlab-train-classifier --dataset folder --data-dir cifar10 --save-dir outputs/classifier
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..classifier import ClassifierConfig
+from ..data import DataConfig
+from ..recipes import ClassifierRun, train_classifier
+from ..runtime import default_precision
+from ..trainer import TrainConfig
+from .flags import add_config_flags, build_configs
+from .session import resolve_device, shared_parser, user_errors
+
+# Defaults chosen for test accuracy per CPU-minute on CIFAR-10 (BENCHMARKS.md, "Classifier").
+DEFAULTS = {"batch_size": 256, "epochs": 8, "lr": 3e-3, "weight_decay": 0.05, "scheduler": "cosine",
+            "warmup_steps": 100, "grad_clip": 0.0, "save_dir": "outputs/classifier"}
+
+
+def build_parser():
+    parser = shared_parser("sdlab-train-classifier", "Train the classifier of the offline sample-"
+                           "quality metric (FD-classifier and class accuracy of samples).")
+    add_config_flags(parser, ClassifierConfig, "classifier", skip=("in_channels", "num_classes"))
+    return parser
+
+
+def parse(argv=None) -> tuple[dict, torch.device]:
+    """Flags -> {section: config} of a ClassifierRun and the device."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    classes = {"data": DataConfig, "train": TrainConfig, "classifier": ClassifierConfig}
+    device = resolve_device(parser, build_configs(parser, args, classes)["train"])
+    configs = build_configs(parser, args, classes, overrides=dict(DEFAULTS, precision=default_precision(device)))
+    return configs, resolve_device(parser, configs["train"])
+
+
+@user_errors
+def main(argv=None) -> None:
+    configs, _ = parse(argv)
+    train_classifier(ClassifierRun(**configs))
+
+
+if __name__ == "__main__":
+    main()

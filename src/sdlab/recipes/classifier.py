@@ -1,0 +1,68 @@
+"""The classifier recipe: the small classifier of `sdlab.classifier`, trained on any labelled
+dataset, whose checkpoint `sdlab-eval-samples --features classifier` measures samples with.
+
+    from sdlab.recipes import ClassifierRun, train_classifier
+    trained = train_classifier(ClassifierRun(train=TrainConfig(epochs=8, save_dir="runs/classifier")))
+    model = trained.trainer.eval_model
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from ..classifier import Classifier, ClassifierConfig, classifier_loss
+from ..config import from_stored
+from ..data import DataConfig
+from ..pipeline import load_trained, load_weights, trained_weights
+from ..trainer import TrainConfig, Trainer
+from .run import Trained, build_loaders, prepare_run, report, save_run_config, start_run
+
+
+@dataclass(frozen=True)
+class ClassifierRun:
+    """Everything a classifier run is made of; its fields are the sections of config.json."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+
+
+def train_classifier(run: ClassifierRun) -> Trained:
+    """Train (or, with run.train.resume, continue) a classifier; channels and classes are taken
+    from the dataset. The trainer's history holds train/val loss and accuracy per epoch."""
+    dist, device = start_run(run.train)
+    resumed = prepare_run(run.train, "classifier", dist)
+    if resumed is not None:
+        run = dataclasses.replace(run, classifier=from_stored(ClassifierConfig, resumed["config"]["classifier"]))
+    torch.manual_seed(run.train.seed)
+    splits, train_loader, val_loader = build_loaders(run.data, run.train, device, dist=dist)
+    cfg = dataclasses.replace(run.classifier, in_channels=splits.train.channels,
+                              num_classes=len(splits.train.classes))
+    model = Classifier(cfg).to(device)
+    if dist.is_main:
+        print(f"classifier: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+              f"{cfg.num_classes} classes, {len(splits.train)} train / {len(splits.test)} val images, "
+              f"device {device}, precision {run.train.precision}")
+    run_config = save_run_config(dict(vars(run), classifier=cfg), run.train.save_dir, dist)
+    run_config.update(kind="classifier", classes=list(splits.train.classes))
+
+    def loss_fn(net, images, labels, generator=None, step=None):
+        return classifier_loss(net, images, labels, cfg, generator, step)
+
+    trainer = Trainer(model, loss_fn, train_loader, val_loader, run.train, run_config=run_config,
+                      device=device, dist=dist)
+    trainer.fit(resume_state=resumed)
+    report(trainer)
+    return Trained(trainer)
+
+
+def load_classifier(path: str, device: torch.device) -> tuple[Classifier, tuple[str, ...]]:
+    """The trained classifier of checkpoint `path` (EMA weights when it has them), in eval mode,
+    and its class names."""
+    state = load_trained(path, torch.device("cpu"), "classifier")
+    model = Classifier(from_stored(ClassifierConfig, state["config"]["classifier"]))
+    load_weights(model, trained_weights(state), path)
+    return model.to(device).eval(), tuple(state["config"]["classes"])
