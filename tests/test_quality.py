@@ -4,11 +4,13 @@ import pytest
 import torch
 
 from sdlab.classifier import Classifier, ClassifierConfig, classifier_loss, translate
-from sdlab.data import DataConfig
+from sdlab.data import DataConfig, to_uint8
+from sdlab.pipeline import DiffusionPipeline
 from sdlab.errors import UserError
 from sdlab.quality import INCEPTION_FILE, ClassifierFeatures, InceptionFeatures, frechet_distance, kernel_distance
 from sdlab.randomness import NoiseSource
 from sdlab.recipes import ClassifierRun, load_classifier, train_classifier
+from sdlab.recipes.quality import draw_samples, read_samples
 from sdlab.trainer import TrainConfig
 
 
@@ -94,3 +96,52 @@ def test_missing_inception_weights_say_which_file_to_fetch(tmp_path, monkeypatch
     assert INCEPTION_FILE in message and "--inception-weights" in message and "\n" not in message
     with pytest.raises(UserError, match="no such file"):
         InceptionFeatures(str(tmp_path / "nope.pth"))
+
+
+def test_eval_samples_scores_a_checkpoint_and_the_same_images_read_back_as_pngs(tmp_path, capsys):
+    import json
+
+    from sdlab.cli import eval_samples, sample, train_classifier as train_classifier_cli, train_diffusion
+
+    data = ["--dataset", "synthetic", "--synthetic-size", "100", "--imgsz", "16", "--device", "cpu"]
+    train_classifier_cli.main([*data, "--batch", "20", "--epochs", "1", "--widths", "8,16",
+                               "--save-dir", str(tmp_path / "clf")])
+    train_diffusion.main([*data, "--batch", "20", "--epochs", "1", "--class-cond", "--hidden-dim", "8",
+                          "--down-scale", "1,2", "--attention-resolutions", "8", "--noise-steps", "20",
+                          "--num-samples", "4", "--sample-steps", "2", "--save-dir", str(tmp_path / "ddpm")])
+    ckpt, clf = str(tmp_path / "ddpm" / "best.pt"), str(tmp_path / "clf" / "best.pt")
+    common = ["--classifier", clf, "--steps", "2", "--guidance-scale", "2", "--seed", "3",
+              "--kid-subset-size", "10", "--kid-subsets", "5"]
+    eval_samples.main([ckpt, "--num-samples", "20", *common, "--out", str(tmp_path / "a.json")])
+    first = json.loads((tmp_path / "a.json").read_text())
+    assert first["metric"] == "FD-classifier" and first["fd"] > 0 and first["num_samples"] == 20
+    assert first["num_reference"] == 100 and 0 <= first["accuracy"] <= 1
+    assert set(first["accuracy_per_class"]) == {"disc", "square", "triangle", "diamond", "ring", "cross",
+                                                "hbar", "vbar", "ellipse", "corner"}
+    assert len(list((tmp_path).glob("features-*.pt"))) == 1          # the reference features, cached
+
+    # the same 20 images through sdlab-sample's PNGs: identical scores (uint8 quantization applied)
+    labels = [c for _ in range(2) for c in ("disc", "square", "triangle", "diamond", "ring", "cross",
+                                              "hbar", "vbar", "ellipse", "corner")]
+    sample.main([ckpt, "--num-samples", "20", "--steps", "2", "--guidance-scale", "2", "--seed", "3",
+                 *[a for c in labels[:10] for a in ("--class", c)], "--per-image-dir", str(tmp_path / "pngs"),
+                 "--out", str(tmp_path / "grid.png"), "--device", "cpu"])
+    eval_samples.main(["--samples", str(tmp_path / "pngs"), "--dataset", "synthetic", "--image-size", "16",
+                       "--synthetic-size", "100", "--classifier", clf, "--kid-subset-size", "10", "--kid-subsets", "5",
+                       "--out", str(tmp_path / "b.json"), "--cache-dir", str(tmp_path)])
+    second = json.loads((tmp_path / "b.json").read_text())
+    assert second["fd"] == pytest.approx(first["fd"], rel=1e-6) and second["kid"] == pytest.approx(first["kid"])
+    pipe = DiffusionPipeline.from_checkpoint(ckpt, torch.device("cpu"))
+    drawn, _ = draw_samples(pipe, 20, balanced=True, guidance_scale=2, seed=3, sampler="ddim", steps=2)
+    assert torch.equal(read_samples(str(tmp_path / "pngs"), 16), to_uint8(drawn))   # what was scored
+
+
+def test_eval_samples_without_inception_weights_is_one_line(tmp_path, capsys, monkeypatch):
+    from sdlab.cli import eval_samples
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    (tmp_path / "s").mkdir()
+    with pytest.raises(SystemExit) as exited:
+        eval_samples.main(["--samples", str(tmp_path / "s"), "--dataset", "synthetic", "--features", "inception"])
+    err = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and len(err.splitlines()) == 1 and INCEPTION_FILE in err

@@ -198,14 +198,16 @@ def _decode_tree(root: Path, cfg: DataConfig) -> ImageSet:
     if stored is not None:
         return ImageSet(stored["images"], labels, names)
     with ThreadPoolExecutor(max(cfg.num_workers, 1)) as pool:
-        arrays = list(pool.map(lambda f: _decode_file(f, cfg.image_size), files, chunksize=256))
+        arrays = list(pool.map(lambda f: decode_image(f, cfg.image_size), files, chunksize=256))
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     if cache is not None:
         _write_cache(cache, images)
     return ImageSet(images, labels, names)
 
 
-def _decode_file(path: Path, size: int) -> np.ndarray:
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """Image file -> (size, size, 3) uint8 RGB (centre-cropped and bicubic-resized when its size
+    differs); DataError naming the file when it cannot be read."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:

@@ -37,10 +37,11 @@ def scale_factor(latents: torch.Tensor) -> float:
     return 1.0 / latents.float().std().item()
 
 
-def cache_key(vae_sha256: str, train: ImageSet, test: ImageSet) -> str:
-    """Identifies the VAE's weights and the images encoded, so a stale cache is never used."""
-    digest = hashlib.sha1(vae_sha256.encode())
-    for split in (train, test):
+def cache_key(model_key: str, *splits: ImageSet) -> str:
+    """Identifies a model's weights (`model_key`, e.g. their SHA-256) and the images it was run
+    on, so a stale cache of its outputs (latents, features) is never used."""
+    digest = hashlib.sha1(model_key.encode())
+    for split in splits:
         digest.update(str(tuple(split.images.shape)).encode())
         digest.update(split.images[:: max(1, len(split) // 64)].numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -18,7 +18,8 @@ from ..data import IMAGE_EXTENSIONS
 from ..diffusion.sampling import SAMPLERS, SPACINGS, VARIANCES, ddim_timesteps
 from ..outputs import writable_dir, writable_file
 from ..pipeline import DiffusionPipeline
-from ..runtime import DEVICE_HELP, autocast, pick_device
+from ..recipes.quality import draw_samples
+from ..runtime import DEVICE_HELP, pick_device
 from ..visualize import save_grid
 from .flags import Parser, finite_float
 from .session import user_errors
@@ -72,17 +73,11 @@ def main(argv=None) -> None:
         except ValueError as err:
             parser.error(str(err))
         labels = torch.tensor(ids, device=device).repeat(-(-args.num_samples // len(ids)))[: args.num_samples]
-    g = torch.Generator(device).manual_seed(args.seed)
     start = time.perf_counter()
-    chunks = []
-    with autocast(device, args.precision):
-        for n in range(0, args.num_samples, args.batch_size):
-            b = min(args.batch_size, args.num_samples - n)
-            chunks.append(pipe(b, labels=None if labels is None else labels[n:n + b],
-                               guidance_scale=args.guidance_scale, generator=g, progress=True,
-                               sampler=args.sampler, steps=args.steps, eta=args.eta,
-                               spacing=args.spacing, variance=args.variance))
-    images = torch.cat(chunks).float()
+    images, _ = draw_samples(pipe, args.num_samples, labels=labels, guidance_scale=args.guidance_scale,
+                             seed=args.seed, batch_size=args.batch_size, precision=args.precision, progress=True,
+                             sampler=args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing,
+                             variance=args.variance)
     seconds = time.perf_counter() - start
     save_grid(images, args.out, nrow=args.nrow)
     if args.per_image_dir:

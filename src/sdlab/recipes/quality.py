@@ -1,0 +1,150 @@
+"""Measuring generated images: draw them from a checkpoint (or read them), extract features,
+compare with a real split (its features cached), and, for class-conditional samples, check that
+a classifier sees the class that was asked for. What `sdlab-eval-samples` runs.
+
+    images, labels = draw_samples(pipe, 1000, balanced=True, sampler="ddim", steps=50)
+    result = evaluate_samples(to_uint8(images), labels, data_cfg, QualityConfig(classifier=...))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import read_cache, save_checkpoint, state_digest
+from ..config import option, require, require_choice
+from ..data import IMAGE_EXTENSIONS, DataConfig, DataError, decode_image, load_splits, to_uint8
+from ..latent import cache_key
+from ..pipeline import DiffusionPipeline
+from ..quality import INCEPTION_FILE, ClassifierFeatures, InceptionFeatures, frechet_distance, kernel_distance
+from ..runtime import autocast
+from .classifier import load_classifier
+
+FEATURES = ("classifier", "inception")
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    features: str = option("classifier", "inception: FID/KID as papers report them (needs the weights "
+                                         "file); classifier: FD-classifier/KID-classifier, offline",
+                           choices=FEATURES)
+    classifier: str = option("", "classifier checkpoint (sdlab-train-classifier); also scores the class "
+                                 "accuracy of class-conditional samples")
+    inception_weights: str = option("", f"path of {INCEPTION_FILE} (default: torch's hub cache)")
+    reference_split: str = option("train", "real images compared with: train (as papers) or test", choices=SPLITS)
+    kid_subsets: int = option(100, "KID: random subsets averaged")
+    kid_subset_size: int = option(1000, "KID: features per subset (at most the smaller set)")
+    feature_batch: int = option(500, "images per feature-extractor pass")
+
+    def __post_init__(self):
+        require_choice(self.features, FEATURES, "features")
+        require_choice(self.reference_split, SPLITS, "reference_split")
+        require(self.features != "classifier" or bool(self.classifier), "classifier",
+                "--features classifier needs --classifier CKPT (train one with sdlab-train-classifier)")
+        for name in ("kid_subsets", "kid_subset_size", "feature_batch"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1 (got {getattr(self, name)})")
+
+
+@torch.no_grad()
+def draw_samples(pipe: DiffusionPipeline, num: int, *, labels: torch.Tensor | None = None,
+                 balanced: bool = False, guidance_scale: float = 1.0, seed: int = 0, batch_size: int = 256,
+                 precision: str = "fp32", progress: bool = False, **sampler) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`num` images (num, C, H, W) in [-1, 1] on the CPU, in batches, from one seeded generator.
+
+    labels: the class of each image (class-conditional models); `balanced` instead asks for
+    classes 0, 1, ..., K-1, 0, ... Returns the images and the labels used (None: unconditional).
+    """
+    device = pipe.device
+    if balanced and pipe.classes:
+        labels = torch.arange(num) % len(pipe.classes)
+    g = torch.Generator(device).manual_seed(seed)
+    chunks = []
+    with autocast(device, precision):
+        for start in range(0, num, batch_size):
+            part = None if labels is None else labels[start:start + batch_size].to(device)
+            chunks.append(pipe(min(batch_size, num - start), labels=part, guidance_scale=guidance_scale,
+                               generator=g, progress=progress, **sampler).float().cpu())
+    return torch.cat(chunks), labels
+
+
+def read_samples(path: str, image_size: int) -> torch.Tensor:
+    """Generated images from a folder of image files (sorted by name) or a tensor file (.pt:
+    uint8, or float in [-1, 1]); returned as uint8 (N, C, H, W)."""
+    source = Path(path)
+    if source.is_dir():
+        files = sorted(f for f in source.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise DataError(f"--samples {source}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        return torch.from_numpy(np.stack([decode_image(f, image_size) for f in files])).permute(0, 3, 1, 2)
+    if source.suffix != ".pt" or not source.is_file():
+        raise DataError(f"--samples {source}: give a folder of images or a .pt tensor file")
+    images = torch.load(source, weights_only=True)
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise DataError(f"--samples {source}: expected one (N, C, H, W) tensor")
+    return images if images.dtype == torch.uint8 else to_uint8(images.float())
+
+
+class Scorer:
+    """The feature extractor of a QualityConfig and the reference split's features (cached)."""
+
+    def __init__(self, cfg: QualityConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.classifier, self.classes = None, ()
+        if cfg.classifier:
+            model, self.classes = load_classifier(cfg.classifier, device)
+            self.classifier = ClassifierFeatures(model)
+            self.classifier_key = state_digest(model.state_dict())[:16]
+        if cfg.features == "inception":
+            self.extractor, self.key = InceptionFeatures(cfg.inception_weights or None).to(device), "inception-v3"
+        else:
+            self.extractor, self.key = self.classifier, f"classifier-{self.classifier_key}"
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (N, C, H, W) -> features (N, d) on the CPU."""
+        out = []
+        for part in images.split(self.cfg.feature_batch):
+            got = self.extractor(part.to(self.device))
+            out.append((got[0] if isinstance(got, tuple) else got).cpu())
+        return torch.cat(out)
+
+    def reference(self, data: DataConfig, cache_dir: str | Path) -> torch.Tensor:
+        """Features of the reference split, cached in CACHE_DIR keyed by extractor and images."""
+        splits = load_splits(data, seed=0)
+        split = splits.train if self.cfg.reference_split == "train" else splits.test
+        path = Path(cache_dir) / f"features-{cache_key(self.key, split)}.pt"
+        cached = read_cache(path, lambda c: len(c["features"]) == len(split), "feature cache", "extracting again")
+        if cached is not None:
+            return cached["features"]
+        features = self.features(split.images)
+        save_checkpoint({"features": features}, path)
+        return features
+
+    @torch.no_grad()
+    def class_accuracy(self, images: torch.Tensor, labels: torch.Tensor, names: tuple[str, ...]) -> dict:
+        """How often the classifier sees the intended class: overall, per class, and its mean
+        confidence in the intended class."""
+        probs = torch.cat([self.classifier(part.to(self.device))[1].cpu() for part in images.split(self.cfg.feature_batch)])
+        hit = (probs.argmax(1) == labels).float()
+        per_class = {name: hit[labels == k].mean().item() for k, name in enumerate(names) if (labels == k).any()}
+        return {"accuracy": hit.mean().item(), "confidence": probs[torch.arange(len(labels)), labels].mean().item(),
+                "accuracy_per_class": per_class}
+
+    def score(self, images: torch.Tensor, data: DataConfig, cache_dir: str | Path,
+              labels: torch.Tensor | None = None, names: tuple[str, ...] = ()) -> dict:
+        """The metrics of uint8 `images` against the reference split of `data`."""
+        real, fake = self.reference(data, cache_dir), self.features(images)
+        kid, kid_std = kernel_distance(real, fake, self.cfg.kid_subsets, self.cfg.kid_subset_size)
+        result = {"metric": "FID" if self.cfg.features == "inception" else "FD-classifier", "fd": frechet_distance(real, fake), "kid": kid, "kid_std": kid_std,
+                  "num_samples": len(images), "num_reference": len(real),
+                  "reference": f"{data.dataset} {self.cfg.reference_split}", "features": self.key}
+        if labels is not None and self.classifier is not None:
+            if tuple(names) != tuple(self.classes):
+                raise DataError(f"--classifier was trained on classes {', '.join(self.classes)}, the samples' "
+                                f"model on {', '.join(names)}; use a classifier of the same dataset")
+            result.update(self.class_accuracy(images, labels, names))
+        return result
+
