@@ -1,8 +1,11 @@
 """Sample-quality metrics against closed forms, and the offline classifier they can use."""
 
+import json
+
 import pytest
 import torch
 
+from sdlab.checkpoint import load_checkpoint
 from sdlab.classifier import Classifier, ClassifierConfig, classifier_loss, translate
 from sdlab.data import DataConfig, to_uint8
 from sdlab.pipeline import DiffusionPipeline
@@ -99,8 +102,6 @@ def test_missing_inception_weights_say_which_file_to_fetch(tmp_path, monkeypatch
 
 
 def test_eval_samples_scores_a_checkpoint_and_the_same_images_read_back_as_pngs(tmp_path, capsys):
-    import json
-
     from sdlab.cli import eval_samples, sample, train_classifier as train_classifier_cli, train_diffusion
 
     data = ["--dataset", "synthetic", "--synthetic-size", "100", "--imgsz", "16", "--device", "cpu"]
@@ -145,3 +146,25 @@ def test_eval_samples_without_inception_weights_is_one_line(tmp_path, capsys, mo
         eval_samples.main(["--samples", str(tmp_path / "s"), "--dataset", "synthetic", "--features", "inception"])
     err = capsys.readouterr().err.strip()
     assert exited.value.code == 2 and len(err.splitlines()) == 1 and INCEPTION_FILE in err
+
+
+def test_eval_every_logs_sample_metrics_and_can_pick_best(tmp_path, capsys):
+    from conftest import scalar_tags
+
+    from sdlab.cli import train_classifier as train_classifier_cli, train_diffusion
+
+    data = ["--dataset", "synthetic", "--synthetic-size", "60", "--imgsz", "16", "--device", "cpu", "--batch", "20"]
+    train_classifier_cli.main([*data, "--epochs", "1", "--widths", "8,16", "--save-dir", str(tmp_path / "clf")])
+    ddpm = [*data, "--class-cond", "--hidden-dim", "8", "--down-scale", "1,2", "--attention-resolutions", "8",
+            "--noise-steps", "20", "--num-samples", "4", "--sample-steps", "2", "--save-dir", str(tmp_path / "ddpm")]
+    with pytest.raises(SystemExit) as exited:
+        train_diffusion.main([*ddpm, "--epochs", "1", "--select-by", "eval/fd_classifier"])
+    assert exited.value.code == 2 and "--eval-every" in capsys.readouterr().err
+    train_diffusion.main([*ddpm, "--epochs", "3", "--eval-every", "2", "--eval-samples", "10", "--overwrite",
+                          "--classifier", str(tmp_path / "clf" / "best.pt"), "--select-by", "eval/fd_classifier"])
+    history = json.loads((tmp_path / "ddpm" / "history.json").read_text())
+    assert "eval/fd_classifier" not in history[0] and "eval/fd_classifier" not in history[2]
+    assert {"eval/fd_classifier", "eval/kid", "eval/accuracy"} <= set(history[1])
+    assert {"eval/fd_classifier", "eval/kid", "eval/accuracy"} <= scalar_tags(tmp_path / "ddpm" / "logs")
+    assert load_checkpoint(tmp_path / "ddpm" / "best.pt")["best"] == {"value": history[1]["eval/fd_classifier"],
+                                                                      "epoch": 2}

@@ -15,13 +15,15 @@ Modules (imports point down):
     diffusion   noise schedules, training loss, samplers, guidance (never imports a network)
     latent      encode a dataset once with a frozen VAE, cache and scale the latents
     pipeline    U-Net + scheduler (+ VAE decoder, + guidance) -> images
+    classifier  the small classifier of the offline quality metric
+    quality     FID / KID (torchmetrics, torch-fidelity's Inception) and classifier features
     checkpoint  atomic save, weights-only load, leftover temporaries, weight digests
     outputs     output folders and files, checked before the work that fills them
     ema         exponential moving average of weights
     trainer     fit / evaluate / early stopping / checkpoints / TensorBoard, on 1 or N processes
     visualize   image grids and plots (matplotlib Agg)
     figures     the figures that explain each component
-    recipes     train_vae / train_diffusion and their evaluation, as Python functions
+    recipes     train_vae / train_diffusion / train_classifier, their evaluation and sample scoring
     cli         argparse from dataclass configs and the entry points (flags -> recipes)
 """
 

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (CheckpointError, checkpoint_kind, load_checkpoint, remove_stale_temporaries,
                          save_checkpoint)
-from .config import option, require, require_choice, require_finite
+from .config import ConfigError, option, require, require_choice, require_finite
 from .data import BatchLoader
 from .distributed import Dist
 from .ema import EMA
@@ -77,7 +77,9 @@ class TrainConfig:
     device: str = option("auto", DEVICE_HELP)
     seed: int = option(0, "seed of weights, batches and noise")
     early_stop_patience: int = option(0, "stop after this many epochs without improvement (0 disables)")
-    min_delta: float = option(0.0, "smallest drop of val/loss that counts as improvement")
+    min_delta: float = option(0.0, "smallest change of the --select-by metric that counts as improvement")
+    select_by: str = option("val/loss", "metric that picks best.pt and drives early stopping: val/<term>, or "
+                                        "eval/<metric> with --eval-every; *accuracy is maximised, the rest minimised")
     save_dir: str = option("outputs", "checkpoints, history and figures go here")
     log_dir: str = option("", "TensorBoard events and train.log (default: SAVE_DIR/logs)")
     log_every: int = option(20, "log train/<term> to TensorBoard every this many steps")
@@ -108,6 +110,13 @@ class TrainConfig:
         require_choice(self.precision, PRECISIONS, "precision")
         check_device_name(self.device)
         require(not (self.resume and self.overwrite), "overwrite", "cannot be combined with --resume")
+        require(self.select_by.startswith(("val/", "eval/")), "select_by",
+                f"must name a val/<term> or eval/<metric> (got {self.select_by!r})")
+
+    @property
+    def maximise(self) -> bool:
+        """Whether the --select-by metric improves upwards (accuracies)."""
+        return self.select_by.endswith("accuracy")
 
     @property
     def logs(self) -> Path:
@@ -210,6 +219,9 @@ class Trainer:
             commands can rebuild the model from the file alone.
         epoch_hook: called as epoch_hook(trainer) after each epoch's checkpoint is written
             (TensorBoard images, sample grids).
+        epoch_metrics: called as epoch_metrics(trainer) after validation, before best.pt is
+            chosen, by rank 0; returns {"eval/<name>": value} (empty on epochs it skips), logged
+            like the validation terms and usable as --select-by.
         frozen: tensors the run depends on but does not train (e.g. {"vae": {...}} for latent
             diffusion), stored as they are in every checkpoint.
         dist: this process's place in a torchrun job (the loaders must be sharded to match);
@@ -219,12 +231,14 @@ class Trainer:
     def __init__(self, model: nn.Module, loss_fn: LossFn, train: BatchLoader, val: BatchLoader,
                  cfg: TrainConfig, *, run_config: dict, device: torch.device,
                  epoch_hook: Callable[["Trainer"], None] | None = None, frozen: dict | None = None,
-                 dist: Dist = Dist()):
+                 dist: Dist = Dist(), epoch_metrics: Callable[["Trainer"], dict] | None = None):
         self.model, self.loss_fn, self.train_loader, self.val_loader = model, loss_fn, train, val
         self.memory_format = memory_format(device, train.images.shape[-1])
         model.to(memory_format=self.memory_format)
         self.cfg, self.run_config, self.device, self.epoch_hook = cfg, run_config, device, epoch_hook
-        self.frozen, self.dist = frozen or {}, dist
+        self.frozen, self.dist, self.epoch_metrics = frozen or {}, dist, epoch_metrics
+        if cfg.select_by.startswith("eval/") and epoch_metrics is None:
+            raise ConfigError("select_by", f"{cfg.select_by} is measured only with --eval-every N")
         self.net = dist.wrap(model, device)       # what training calls: DDP averages the gradients
         self.noise = torch.Generator(device).manual_seed(cfg.seed)   # the loss's draws, same on every rank
         if dist.world > 1:                        # dropout: a stream of each process's own
@@ -242,7 +256,7 @@ class Trainer:
         self.epoch = 0          # completed epochs
         self.batch = 0          # batches done within the current epoch (non-zero after a signal)
         self.step = 0           # optimizer steps
-        self.best = {"value": math.inf, "epoch": -1}
+        self.best = {"value": -math.inf if cfg.maximise else math.inf, "epoch": -1}
         self.bad_epochs = 0
         self.history: list[dict] = []
         self.partial: dict[str, float] = {}   # running sums of this epoch's train terms
@@ -542,19 +556,24 @@ class Trainer:
             self._stop_non_finite(f"validation loss after epoch {self.epoch + 1} (step {self.step}): "
                                   f"{', '.join(f'{k} = {val[k]}' for k in bad)}")
         record.update({f"val/{k}": v for k, v in val.items()})
-        for k, v in val.items():
-            if self.writer is not None:
-                self.writer.add_scalar(f"val/{k}", v, self.step)
+        if self.epoch_metrics is not None:
+            record.update(self.dist.on_main(lambda: self.epoch_metrics(self)))
+        for k, v in record.items():
+            if self.writer is not None and k.startswith(("val/", "eval/")):
+                self.writer.add_scalar(k, v, self.step)
         self.history.append(record)
         self.epoch += 1
         self.batch, self.partial = 0, {}
         self.schedule.epoch_end(val["loss"])
 
-        improved = val["loss"] < self.best["value"] - cfg.min_delta
-        if improved:
-            self.best, self.bad_epochs = {"value": val["loss"], "epoch": self.epoch}, 0
-        else:
-            self.bad_epochs += 1
+        improved = False
+        if cfg.select_by in record:         # eval/ metrics exist only on the epochs they are measured
+            value, best = record[cfg.select_by], self.best["value"]
+            improved = value > best + cfg.min_delta if cfg.maximise else value < best - cfg.min_delta
+            if improved:
+                self.best, self.bad_epochs = {"value": value, "epoch": self.epoch}, 0
+            else:
+                self.bad_epochs += 1
         self._write_checkpoints(best=improved)
         if self.dist.is_main:
             (self.save_dir / "history.json").write_text(json.dumps(self.history, indent=1))
@@ -571,7 +590,7 @@ class Trainer:
         if self._stop_signal is not None:   # arrived during the hook (sample grids take a while)
             self._stop_for_signal()
         if cfg.early_stop_patience and self.bad_epochs >= cfg.early_stop_patience:
-            self.log(f"early stopping at epoch {self.epoch}: val/loss has not improved by more than "
+            self.log(f"early stopping at epoch {self.epoch}: {cfg.select_by} has not improved by more than "
                      f"{cfg.min_delta:g} for {self.bad_epochs} epochs (patience "
                      f"{cfg.early_stop_patience}); best {self.best['value']:.5g} at epoch "
                      f"{self.best['epoch']}, weights in {self.save_dir / 'best.pt'}")

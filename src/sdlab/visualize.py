@@ -95,6 +95,31 @@ def plot_bars(names: Sequence[str], values: Sequence[float], path: str | Path, y
     return save_figure(fig, path)
 
 
+def plot_lines(x: Sequence[float], series: dict[str, Sequence[float]], path: str | Path, xlabel: str,
+               title: str = "", right: dict[str, Sequence[float]] | None = None, log_x: bool = False) -> Path:
+    """Curves sharing one x axis: `series` on the left y axis, `right` (e.g. an accuracy in
+    [0, 1]) on a second axis; each axis is labelled with its series' names."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for name, values in series.items():
+        ax.plot(x, values, marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(", ".join(series))
+    if log_x:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if right:
+        twin = ax.twinx()
+        for name, values in right.items():
+            twin.plot(x, values, marker="s", linestyle="--", color="tab:red", label=name)
+        twin.set_ylabel(", ".join(right))
+        more = twin.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, fontsize=8)
+    ax.set_title(title)
+    return save_figure(fig, path)
+
+
 def save_figure(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,7 @@ def build_parser() -> Parser:
     parser.add_argument("--cache-dir", default=None, help="reference features (default: beside the input)")
     parser.add_argument("--out", default=None, help="JSON (default: eval_samples.json beside the input)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
-    add_config_flags(parser, QualityConfig, "metric")
+    add_config_flags(parser, QualityConfig, "metric", skip=("eval_every", "eval_samples"))
     return parser
 
 

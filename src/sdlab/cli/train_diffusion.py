@@ -18,6 +18,7 @@ from ..diffusion import DiffusionConfig, SamplerConfig
 from ..diffusion.guidance import GuidanceConfig
 from ..latent import LatentConfig
 from ..recipes import DiffusionRun, train_diffusion
+from ..recipes.quality import QualityConfig
 from ..runtime import default_precision
 from ..trainer import TrainConfig
 from ..unet import PRESETS, UNetConfig
@@ -41,7 +42,7 @@ CPU_DEFAULTS = {"epochs": 100, "batch_size": 64, "lr": 3e-4, "warmup_steps": 200
 CUDA_DEFAULTS = {"epochs": 500, "batch_size": 128, "lr": 2e-4, "warmup_steps": 5000,
                  "ema_decay": 0.9999, "save_dir": "outputs/diffusion"}
 CLASSES = {"data": DataConfig, "train": TrainConfig, "unet": UNetConfig, "diffusion": DiffusionConfig,
-           "sampler": SamplerConfig, "latent": LatentConfig, "guidance": GuidanceConfig}
+           "sampler": SamplerConfig, "latent": LatentConfig, "guidance": GuidanceConfig, "quality": QualityConfig}
 
 
 def build_parser():
@@ -61,6 +62,8 @@ def build_parser():
     add_config_flags(parser, SamplerConfig, "sampling", DIFFUSION_ALIASES)
     add_config_flags(parser, LatentConfig, "latent diffusion")
     add_config_flags(parser, GuidanceConfig, "class conditioning and classifier-free guidance")
+    add_config_flags(parser, QualityConfig, "sample quality during training (--eval-every)",
+                     skip=("reference_split", "feature_batch"))
     return parser
 
 

@@ -29,6 +29,7 @@ from ..pipeline import DiffusionPipeline, build_vae, carried_vae, load_trained, 
 from ..trainer import TrainConfig, Trainer
 from ..unet import UNet, UNetConfig
 from ..visualize import grid, plot_history, save_grid
+from .quality import QualityConfig, Scorer
 from .run import Trained, build_loaders, load_data, prepare_run, report, save_run_config, start_run
 
 
@@ -43,6 +44,7 @@ class DiffusionRun:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     latent: LatentConfig = field(default_factory=LatentConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
 
 
 def latent_vae(latent_cfg: LatentConfig, resumed: dict | None) -> dict:
@@ -150,6 +152,8 @@ def train_diffusion(run: DiffusionRun) -> Trained:
     if run.latent.latent and not run.latent.vae_checkpoint and not run.train.resume:
         raise ConfigError("vae_checkpoint", "--latent needs --vae-checkpoint PATH (a best.pt or last.pt "
                                             "from train_vae.py)")
+    if run.train.select_by.startswith("eval/") and not run.quality.eval_every:
+        raise ConfigError("select_by", f"{run.train.select_by} is measured only with --eval-every N")
     dist, device = start_run(run.train)
     run = dataclasses.replace(run, unet=dataclasses.replace(run.unet, image_size=run.data.image_size))
     resumed = prepare_run(run.train, "diffusion", dist)
@@ -205,8 +209,13 @@ def train_diffusion(run: DiffusionRun) -> Trained:
                              run_extra.get("latent_vae", {}).get("scale_factor", 1.0),
                              splits.train.classes if guide_cfg.class_cond else (), run_config)
     grids = SampleGrid(pipe, run)
+    metrics = None
+    if run.quality.eval_every:      # rank 0 scores (decoded) images against the real pixels
+        metrics = (Scorer(run.quality, device).during_training(pipe, run.data, train_cfg.save_dir,
+                                                               run.guidance.guidance_scale, run.sampler.kwargs())
+                   if dist.is_main else lambda trainer: {})
     trainer = Trainer(model, loss_fn, train_loader, val_loader, train_cfg, run_config=run_config,
-                      device=device, epoch_hook=grids, frozen=frozen, dist=dist)
+                      device=device, epoch_hook=grids, frozen=frozen, dist=dist, epoch_metrics=metrics)
     trainer.fit(resume_state=resumed)
     report(trainer)
     pipe.model = trainer.eval_model

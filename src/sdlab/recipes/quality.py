@@ -39,13 +39,14 @@ class QualityConfig:
     kid_subsets: int = option(100, "KID: random subsets averaged")
     kid_subset_size: int = option(1000, "KID: features per subset (at most the smaller set)")
     feature_batch: int = option(500, "images per feature-extractor pass")
+    eval_every: int = option(0, "training: score samples every this many epochs (0: never)")
+    eval_samples: int = option(500, "training: images drawn (fixed seed) for each score")
 
     def __post_init__(self):
         require_choice(self.features, FEATURES, "features")
         require_choice(self.reference_split, SPLITS, "reference_split")
-        require(self.features != "classifier" or bool(self.classifier), "classifier",
-                "--features classifier needs --classifier CKPT (train one with sdlab-train-classifier)")
-        for name in ("kid_subsets", "kid_subset_size", "feature_batch"):
+        require(self.eval_every >= 0, "eval_every", f"must be >= 0 (got {self.eval_every})")
+        for name in ("kid_subsets", "kid_subset_size", "feature_batch", "eval_samples"):
             require(getattr(self, name) >= 1, name, f"must be >= 1 (got {getattr(self, name)})")
 
 
@@ -92,6 +93,8 @@ class Scorer:
     """The feature extractor of a QualityConfig and the reference split's features (cached)."""
 
     def __init__(self, cfg: QualityConfig, device: torch.device):
+        require(cfg.features != "classifier" or bool(cfg.classifier), "classifier",
+                "--features classifier needs --classifier CKPT (train one with sdlab-train-classifier)")
         self.cfg, self.device = cfg, device
         self.classifier, self.classes = None, ()
         if cfg.classifier:
@@ -147,4 +150,25 @@ class Scorer:
                                 f"model on {', '.join(names)}; use a classifier of the same dataset")
             result.update(self.class_accuracy(images, labels, names))
         return result
+
+    def during_training(self, pipe: DiffusionPipeline, data: DataConfig, cache_dir: str | Path,
+                        guidance_scale: float, sampler: dict):
+        """The trainer's `epoch_metrics`: every `eval_every` epochs, `eval_samples` images drawn
+        with seed 0 by the EMA weights, scored as {"eval/fd_classifier" or "eval/fid",
+        "eval/kid", and "eval/accuracy" for class-conditional models}."""
+        name = "eval/fid" if self.cfg.features == "inception" else "eval/fd_classifier"
+
+        def measure(trainer) -> dict:
+            if (trainer.epoch + 1) % self.cfg.eval_every:
+                return {}
+            pipe.model = trainer.eval_model
+            images, labels = draw_samples(pipe, self.cfg.eval_samples, balanced=True,
+                                          guidance_scale=guidance_scale, **sampler)
+            result = self.score(to_uint8(images), data, cache_dir, labels, pipe.classes)
+            found = {name: result["fd"], "eval/kid": result["kid"]}
+            if "accuracy" in result:
+                found["eval/accuracy"] = result["accuracy"]
+            return found
+
+        return measure
 
