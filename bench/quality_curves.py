@@ -39,9 +39,11 @@ def main() -> None:
                         "best w of the guidance sweep)")
     parser.add_argument("--ddpm", action="store_true", help="also DDPM with all T steps (slow)")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--cache-dir", default=None, help="reference features (default: beside the checkpoint)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    cache = Path(args.cache_dir or Path(args.checkpoint).parent)
     torch.set_num_threads(2)
     device = torch.device("cpu")
     pipe = DiffusionPipeline.from_checkpoint(args.checkpoint, device)
@@ -53,7 +55,7 @@ def main() -> None:
         start = time.perf_counter()
         images, labels = draw_samples(pipe, args.num_samples, balanced=True, **sampler)
         drawn = time.perf_counter() - start
-        row = scorer.score(to_uint8(images), data, out, labels, pipe.classes)
+        row = scorer.score(to_uint8(images), data, cache, labels, pipe.classes)
         row.update(sampler, sampling_seconds=round(drawn, 1))
         print(json.dumps({k: v for k, v in row.items() if k != "accuracy_per_class"}), flush=True)
         return row
