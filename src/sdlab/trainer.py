@@ -611,12 +611,12 @@ class Trainer:
         sums: dict[str, float] = {}
         count, terms = 0, {}
         for batch, (images, labels) in enumerate(self.val_loader.epoch(0)):
+            first, total = self.val_loader.rows(batch)     # total: images in the global batch
             if images.shape[0]:       # a process's share of the last batch may be empty
                 with autocast(self.device, self.cfg.precision):
-                    terms = self.loss_fn(model, images, labels, generator=NoiseSource(
-                        generator, *self.val_loader.rows(batch)), step=None)
+                    terms = self.loss_fn(model, images, labels, generator=NoiseSource(generator, first, total),
+                                         step=None)
             values = self._agree(terms, images.shape[0])
-            total = self.val_loader.rows(batch)[1]
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v * total
             count += total

@@ -96,7 +96,7 @@ class Scorer:
         require(cfg.features != "classifier" or bool(cfg.classifier), "classifier",
                 "--features classifier needs --classifier CKPT (train one with sdlab-train-classifier)")
         self.cfg, self.device = cfg, device
-        self.classifier, self.classes = None, ()
+        self.classifier, self.classes, self._reference = None, (), {}
         if cfg.classifier:
             model, self.classes = load_classifier(cfg.classifier, device)
             self.classifier = ClassifierFeatures(model)
@@ -106,31 +106,40 @@ class Scorer:
         else:
             self.extractor, self.key = self.classifier, f"classifier-{self.classifier_key}"
 
+    def _apply(self, module: torch.nn.Module, images: torch.Tensor):
+        """`module` over uint8 images (N, C, H, W) in batches; its outputs (a tuple stays a
+        tuple) concatenated on the CPU."""
+        outs = [module(part.to(self.device)) for part in images.split(self.cfg.feature_batch)]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.cat([out[i].cpu() for out in outs]) for i in range(len(outs[0])))
+        return torch.cat([out.cpu() for out in outs])
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (N, C, H, W) -> features (N, d) on the CPU."""
-        out = []
-        for part in images.split(self.cfg.feature_batch):
-            got = self.extractor(part.to(self.device))
-            out.append((got[0] if isinstance(got, tuple) else got).cpu())
-        return torch.cat(out)
+        got = self._apply(self.extractor, images)
+        return got[0] if isinstance(got, tuple) else got
 
     def reference(self, data: DataConfig, cache_dir: str | Path) -> torch.Tensor:
-        """Features of the reference split, cached in CACHE_DIR keyed by extractor and images."""
+        """Features of the reference split, cached in CACHE_DIR keyed by extractor and images
+        (and kept in memory: scoring during training reads the data once)."""
+        if (data, self.cfg.reference_split) in self._reference:
+            return self._reference[data, self.cfg.reference_split]
         splits = load_splits(data, seed=0)
         split = splits.train if self.cfg.reference_split == "train" else splits.test
         path = Path(cache_dir) / f"features-{cache_key(self.key, split)}.pt"
         cached = read_cache(path, lambda c: len(c["features"]) == len(split), "feature cache", "extracting again")
         if cached is not None:
-            return cached["features"]
-        features = self.features(split.images)
-        save_checkpoint({"features": features}, path)
+            features = cached["features"]
+        else:
+            features = self.features(split.images)
+            save_checkpoint({"features": features}, path)
+        self._reference[data, self.cfg.reference_split] = features
         return features
 
-    @torch.no_grad()
-    def class_accuracy(self, images: torch.Tensor, labels: torch.Tensor, names: tuple[str, ...]) -> dict:
-        """How often the classifier sees the intended class: overall, per class, and its mean
-        confidence in the intended class."""
-        probs = torch.cat([self.classifier(part.to(self.device))[1].cpu() for part in images.split(self.cfg.feature_batch)])
+    @staticmethod
+    def class_accuracy(probs: torch.Tensor, labels: torch.Tensor, names: tuple[str, ...]) -> dict:
+        """How often the classifier (class probabilities `probs`, (N, K)) sees the intended class:
+        overall, per class, and its mean confidence in the intended class."""
         hit = (probs.argmax(1) == labels).float()
         per_class = {name: hit[labels == k].mean().item() for k, name in enumerate(names) if (labels == k).any()}
         return {"accuracy": hit.mean().item(), "confidence": probs[torch.arange(len(labels)), labels].mean().item(),
@@ -139,16 +148,23 @@ class Scorer:
     def score(self, images: torch.Tensor, data: DataConfig, cache_dir: str | Path,
               labels: torch.Tensor | None = None, names: tuple[str, ...] = ()) -> dict:
         """The metrics of uint8 `images` against the reference split of `data`."""
-        real, fake = self.reference(data, cache_dir), self.features(images)
+        real = self.reference(data, cache_dir)
+        if self.extractor is self.classifier:         # one pass gives features and class probabilities
+            fake, probs = self._apply(self.classifier, images)
+        else:
+            fake, probs = self.features(images), None
         kid, kid_std = kernel_distance(real, fake, self.cfg.kid_subsets, self.cfg.kid_subset_size)
-        result = {"metric": "FID" if self.cfg.features == "inception" else "FD-classifier", "fd": frechet_distance(real, fake), "kid": kid, "kid_std": kid_std,
+        result = {"metric": "FID" if self.cfg.features == "inception" else "FD-classifier",
+                  "fd": frechet_distance(real, fake), "kid": kid, "kid_std": kid_std,
                   "num_samples": len(images), "num_reference": len(real),
                   "reference": f"{data.dataset} {self.cfg.reference_split}", "features": self.key}
         if labels is not None and self.classifier is not None:
             if tuple(names) != tuple(self.classes):
                 raise DataError(f"--classifier was trained on classes {', '.join(self.classes)}, the samples' "
                                 f"model on {', '.join(names)}; use a classifier of the same dataset")
-            result.update(self.class_accuracy(images, labels, names))
+            if probs is None:
+                probs = self._apply(self.classifier, images)[1]
+            result.update(self.class_accuracy(probs, labels, names))
         return result
 
     def during_training(self, pipe: DiffusionPipeline, data: DataConfig, cache_dir: str | Path,
