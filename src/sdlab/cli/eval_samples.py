@@ -82,8 +82,8 @@ def main(argv=None) -> None:
     else:
         if not args.dataset:
             parser.error("--samples needs --dataset (and --data-dir) for the real images")
-        data = DataConfig(dataset=args.dataset, data_dir=args.data_dir or "./data", image_size=args.image_size,
-                          synthetic_size=args.synthetic_size)
+        given = {"data_dir": args.data_dir} if args.data_dir else {}
+        data = DataConfig(dataset=args.dataset, image_size=args.image_size, synthetic_size=args.synthetic_size, **given)
         images = read_samples(args.samples, data.image_size)
     drawn = time.perf_counter() - start
     result = scorer.score(images, data, cache, labels, names)
