@@ -2,7 +2,7 @@
 # Pixel-space DDPM quality benchmark: train the CPU-default U-Net on real CIFAR-10 images for
 # MINUTES of wall time, then: validation L_simple (in the training log), a 64-image DDIM-50 grid
 # and its time (bf16 and fp32), the DDPM-1000 time for the same 64 images (bf16), and test
-# bits/dim on 32 test images spread over the split (L_0, L_T exact + 100 stratified KL terms).
+# bits/dim on 32 test images spread over the split (L_T closed form; L_0 + 100 stratified KL terms, one x_t draw each).
 #   bash bench/ddpm_cifar10.sh [MINUTES] [EXTRA TRAIN FLAGS...]
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)

@@ -55,6 +55,10 @@ check ldm_resume "$py" diffusers/train_diffusion.py "${data[@]}" "${ldm[@]}" --e
 mv "$runs/vae" "$runs/vae-moved"   # the latent checkpoint carries its VAE
 check ldm_sample_vae_moved "$py" -m sdlab.cli.sample "$runs/ldm/best.pt" --device cuda --class disc --class ring \
     --guidance-scale 3 --num-samples 20 --out "$out/ldm.png"
+for sampler in euler_a heun dpmpp_2m; do
+    check "ldm_sample_$sampler" "$py" -m sdlab.cli.sample "$runs/ldm/best.pt" --device cuda --class disc \
+        --guidance-scale 3 --num-samples 20 --sampler $sampler --steps 8 --out "$out/ldm_$sampler.png"
+done
 "$py" -m sdlab.cli.sample "$runs/ddpm/best.pt" --device cuda --out "$out/x" > "$out/fault.log" 2>&1; rc=$?
 row fault_bad_out $rc - "$(head -1 "$out/fault.log")"
 

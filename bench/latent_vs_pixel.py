@@ -40,9 +40,9 @@ def train_step(model, shape, precision, batch):
 
 def sample_seconds(pipe, precision, num=64, steps=50) -> float:
     with autocast(torch.device("cpu"), precision):
-        pipe(2, sampler="ddim", steps=2)                                # warm-up
+        pipe(2, sampler="ddim", sample_steps=2)                         # warm-up
         start = time.perf_counter()
-        pipe(num, sampler="ddim", steps=steps, generator=torch.Generator().manual_seed(0))
+        pipe(num, sampler="ddim", sample_steps=steps, generator=torch.Generator().manual_seed(0))
     return time.perf_counter() - start
 
 

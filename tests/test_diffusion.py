@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from sdlab.diffusion import DiffusionConfig, NoiseSchedule, diffusion_loss, make_betas, nll_bits_per_dim, sample
-from sdlab.diffusion.sampling import ddim_step_stats, ddim_timesteps, ddpm_step_stats
+from sdlab.diffusion.sampling import sampling_timesteps
+from sdlab.diffusion.solvers import DDIM, DDPM, ScheduleDenoiser
 from sdlab.likelihood import discretized_gaussian_log_likelihood, normal_kl
 
 
@@ -17,6 +18,9 @@ def test_schedule_endpoints_and_monotonicity():
         assert bool((s.alpha_bar[1:] < s.alpha_bar[:-1]).all())      # strictly decreasing
         assert s.alpha_bar[-1] < 1e-4 and s.alpha_bar[0] > 0.99
         assert s.alpha_bar_prev[0] == 1.0
+    sd = NoiseSchedule.create("scaled_linear", 1000, 0.00085, 0.012)    # Stable Diffusion v1's schedule
+    assert sd.betas[0].item() == pytest.approx(0.00085) and sd.betas[-1].item() == pytest.approx(0.012)
+    assert sd.alpha_bar[-1].item() == pytest.approx(0.0047, abs=1e-4)
     cosine = make_betas("cosine", 1000)
     assert cosine.max().item() <= 0.999 and cosine.min().item() > 0
     assert cosine.dtype == torch.float64
@@ -111,7 +115,9 @@ def test_ddpm_and_ddim_recover_a_one_point_distribution(kind):
     point = torch.tensor([0.5, -0.25, 0.9]).reshape(1, 3, 1, 1).expand(1, 3, 2, 2)
     g = torch.Generator().manual_seed(0)
     for kwargs in (dict(sampler="ddpm"), dict(sampler="ddpm", variance="beta_tilde"),
-                   dict(sampler="ddim", steps=10), dict(sampler="ddim", steps=7, eta=1.0, spacing="quadratic")):
+                   dict(sampler="ddim", sample_steps=10), dict(sampler="ddim", sample_steps=7, eta=1.0, spacing="quadratic"),
+                   dict(sampler="euler", sample_steps=10), dict(sampler="euler_a", sample_steps=10),
+                   dict(sampler="heun", sample_steps=6), dict(sampler="dpmpp_2m", sample_steps=8)):
         out = sample(oracle(s, point), s, (5, 3, 2, 2), generator=g, clip=False, **kwargs)
         assert torch.allclose(out, point.expand(5, -1, -1, -1), atol=1e-4), kwargs
 
@@ -122,28 +128,28 @@ def test_off_by_one_timesteps_break_the_oracle():
     s = NoiseSchedule.create("linear", 50)
     point = torch.full((1, 1, 2, 2), 0.5)
     shifted = lambda xt, t, labels: oracle(s, point)(xt, (t + 1).clamp(max=49), labels)
-    out = sample(shifted, s, (4, 1, 2, 2), generator=torch.Generator().manual_seed(0), clip=False)
+    out = sample(shifted, s, (4, 1, 2, 2), "ddpm", generator=torch.Generator().manual_seed(0), clip=False)
     assert not torch.allclose(out, point.expand(4, -1, -1, -1), atol=1e-2)
 
 
-def test_ddim_with_eta_one_over_all_steps_matches_ddpm_step_statistics():
+def test_ddim_with_eta_one_between_neighbouring_steps_is_the_ddpm_step_with_beta_tilde():
     s = NoiseSchedule.create("linear", 100)
     torch.manual_seed(0)
-    x0, xt = torch.randn(5, 2, 3, 3), torch.randn(5, 2, 3, 3)
-    t = torch.tensor([1, 2, 30, 60, 99])
-    eps = s.predict_eps(xt, t, x0)
-    ddpm_mean, ddpm_std = ddpm_step_stats(s, x0, xt, t, variance="beta_tilde")
-    ddim_mean, ddim_std = ddim_step_stats(s, eps, x0, t, t - 1, eta=1.0)
-    assert torch.allclose(ddim_mean, ddpm_mean, atol=1e-4)
-    assert torch.allclose(ddim_std.expand_as(ddpm_std), ddpm_std, atol=1e-5)
-    assert ddim_timesteps(100, 100) == list(range(99, -1, -1))
+    xt, x0, z = torch.randn(5, 2, 3, 3), torch.randn(5, 2, 3, 3), torch.randn(5, 2, 3, 3)
+    net = ScheduleDenoiser(lambda x, t, labels: x0, s, "x0", clip=False)
+    for t in (1, 2, 30, 60, 99):
+        ddpm, _ = DDPM(variance="beta_tilde").step(net, xt, t, t - 1, lambda like: z)
+        ddim, _ = DDIM(eta=1.0).step(net, xt, t, t - 1, lambda like: z)
+        assert torch.allclose(ddim, ddpm, atol=1e-4), t
+    assert sampling_timesteps(s, 100) == list(range(99, -1, -1))
 
 
 def test_samples_stay_in_the_data_range_with_clipping():
     s = NoiseSchedule.create("linear", 20)
     wild = lambda xt, t, labels: -5 * xt                             # a terrible denoiser
-    out = sample(wild, s, (4, 3, 4, 4), sampler="ddim", steps=5, generator=torch.Generator().manual_seed(0))
-    assert out.min() >= -1 and out.max() <= 1
+    for name in ("ddim", "euler", "heun", "dpmpp_2m"):
+        out = sample(wild, s, (4, 3, 4, 4), name, sample_steps=5, generator=torch.Generator().manual_seed(0))
+        assert out.min() >= -1 and out.max() <= 1, name
 
 
 def test_discretized_gaussian_sums_to_one_over_the_256_levels():

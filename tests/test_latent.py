@@ -83,7 +83,7 @@ def test_latent_sample_path_decodes_to_images_in_range():
     torch.nn.init.normal_(net.conv_out.weight, std=1.0)   # wild outputs, so clamping matters
     pipe = DiffusionPipeline(net, NoiseSchedule.create("linear", 20), vae=vae, scale_factor=0.5,
                              classes=("a", "b"))
-    images = pipe(3, labels=torch.tensor([0, 1, 0]), guidance_scale=3.0, sampler="ddim", steps=4,
+    images = pipe(3, labels=torch.tensor([0, 1, 0]), guidance_scale=3.0, sampler="ddim", sample_steps=4,
                   generator=torch.Generator().manual_seed(0))
     assert images.shape == (3, 3, 16, 16)
     assert images.min() >= -1 and images.max() <= 1
@@ -110,10 +110,10 @@ def test_tiny_stable_diffusion_end_to_end_from_the_command_line(tmp_path):
         assert (ldm_dir / name).stat().st_size > 0, name
     grid = tmp_path / "guided.png"
     sampled = run_script(["-m", "sdlab.cli.sample", ldm_dir / "best.pt", "--class", "disc", "--class", "ring",
-                          "--guidance-scale", "3", "--num-samples", "4", "--steps", "3", "--out", grid],
-                         cwd=tmp_path)
+                          "--guidance-scale", "3", "--num-samples", "4", "--sampler", "dpmpp_2m", "--steps", "3",
+                          "--out", grid], cwd=tmp_path)
     assert sampled.returncode == 0, sampled.stderr
-    assert grid.stat().st_size > 0
+    assert grid.stat().st_size > 0 and "dpmpp_2m, 3 karras steps (3 NFE)" in sampled.stdout
     wrong = run_script(["-m", "sdlab.cli.sample", ldm_dir / "best.pt", "--class", "horse"], cwd=tmp_path)
     assert wrong.returncode == 2 and "choose one of disc" in wrong.stderr
 

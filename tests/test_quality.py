@@ -133,7 +133,7 @@ def test_eval_samples_scores_a_checkpoint_and_the_same_images_read_back_as_pngs(
     second = json.loads((tmp_path / "b.json").read_text())
     assert second["fd"] == pytest.approx(first["fd"], rel=1e-6) and second["kid"] == pytest.approx(first["kid"])
     pipe = DiffusionPipeline.from_checkpoint(ckpt, torch.device("cpu"))
-    drawn, _ = draw_samples(pipe, 20, balanced=True, guidance_scale=2, seed=3, sampler="ddim", steps=2)
+    drawn, _ = draw_samples(pipe, 20, balanced=True, guidance_scale=2, seed=3, sampler="ddim", sample_steps=2)
     assert torch.equal(read_samples(str(tmp_path / "pngs"), 16), to_uint8(drawn))   # what was scored
 
 

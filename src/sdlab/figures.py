@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from .diffusion import NoiseSchedule, diffusion_loss
+from .diffusion import NoiseSchedule, SamplerConfig, Trajectory, diffusion_loss, sample
+from .diffusion.guidance import guided
 from .visualize import plot_bars, plot_history, save_figure, save_grid, save_labelled_rows
 
 
@@ -103,6 +104,23 @@ def reverse_process(trajectory, path: str | Path, columns: int = 8, decode=None)
                               title=f"reverse process at t = {steps}")
 
 
+@torch.no_grad()
+def sampler_trajectories(pipe, path: str | Path, configs: dict, label: int | None = None,
+                         guidance_scale: float = 1.0, seed: int = 0) -> Path:
+    """One row per sampler, all from the same noise: the predicted x_0 after each step, then the
+    sample. `configs` maps row names to SamplerConfigs (give them similar NFE to compare)."""
+    rows, names = [], []
+    labels = None if label is None else torch.tensor([label], device=pipe.device)
+    for name, cfg in configs.items():
+        trajectory = Trajectory()
+        g = torch.Generator(pipe.device).manual_seed(seed)
+        final = pipe(1, labels=labels, guidance_scale=guidance_scale, generator=g, sampler=cfg,
+                     trajectory=trajectory).cpu()
+        rows.append(torch.cat([pipe.decode(torch.cat(trajectory.x0)).cpu(), final]))
+        names.append(f"{name}\n{cfg.evaluations(pipe.schedule)} NFE")
+    return save_labelled_rows(rows, names, path, title="predicted x0 after each step, then the sample (same noise)")
+
+
 def latent_pipeline(trajectory, decode, path: str | Path, columns: int = 8) -> Path:
     """Stable Diffusion's inference path for one sample: the noise latent and the denoising
     steps (first three latent channels shown as RGB), the decoded prediction at each step,
@@ -120,37 +138,37 @@ def latent_pipeline(trajectory, decode, path: str | Path, columns: int = 8) -> P
 
 
 def class_grid(pipe, path: str | Path, guidance_scale: float, per_class: int = 8, seed: int = 0,
-               **sampler_kwargs) -> Path:
+               sampler=None) -> Path:
     """One row per class, all rows from the same seeds, at guidance scale w."""
     n = len(pipe.classes)
     labels = torch.arange(n, device=pipe.device).repeat_interleave(per_class)
     g = torch.Generator(pipe.device).manual_seed(seed)
     images = pipe(n * per_class, labels=labels, guidance_scale=guidance_scale, generator=g,
-                  **sampler_kwargs).cpu()
+                  sampler=sampler).cpu()
     return save_labelled_rows(list(images.split(per_class)), list(pipe.classes), path,
                               title=f"one row per class, guidance w = {guidance_scale:g}")
 
 
 def guidance_sweep(pipe, path: str | Path, scales=(0, 1, 2, 4, 7), per_row: int = 10, seed: int = 0,
-                   **sampler_kwargs) -> Path:
+                   sampler=None) -> Path:
     """The same seeds and classes (one per column) at w = 0, 1, 2, 4, 7 (one row each)."""
     labels = torch.arange(per_row, device=pipe.device) % len(pipe.classes)
     rows = []
     for w in scales:
         g = torch.Generator(pipe.device).manual_seed(seed)
-        rows.append(pipe(per_row, labels=labels, guidance_scale=w, generator=g, **sampler_kwargs).cpu())
+        rows.append(pipe(per_row, labels=labels, guidance_scale=w, generator=g, sampler=sampler).cpu())
     names = [pipe.classes[i] for i in labels.tolist()]
     return save_labelled_rows(rows, [f"w = {w:g}" for w in scales], path,
                               title="guidance sweep, columns: " + ", ".join(names))
 
 
 def schedules(path: str | Path, num_timesteps: int = 1000) -> Path:
-    """ᾱ_t and log-SNR of the linear and cosine schedules."""
+    """ᾱ_t and log-SNR of the linear (DDPM), scaled-linear (Stable Diffusion v1) and cosine schedules."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for kind in ("linear", "cosine"):
-        s = NoiseSchedule.create(kind, num_timesteps)
+    for kind, betas in (("linear", (1e-4, 0.02)), ("scaled_linear (SD)", (0.00085, 0.012)), ("cosine", ())):
+        s = NoiseSchedule.create(kind.split()[0], num_timesteps, *betas)
         t = torch.arange(num_timesteps)
         axes[0].plot(t, s.alpha_bar, label=kind)
         axes[1].plot(t, torch.log(s.snr(t)), label=kind)
@@ -175,3 +193,104 @@ def loss_by_timestep(model, schedule, cfg, images: torch.Tensor, path: str | Pat
         values.append(diffusion_loss(model, schedule, images, cfg, labels, g, t=t)["mse"].item())
         names.append(f"{lo}-{hi - 1}")
     return plot_bars(names, values, path, "L_simple (MSE)", title="validation loss by timestep"), values
+
+
+@torch.no_grad()
+def sampler_paths_2d(denoiser, schedule, data: torch.Tensor, configs: dict, path: str | Path,
+                     num_points: int = 2000, num_paths: int = 12, seed: int = 0) -> Path:
+    """One panel per sampler on 2-D data: the data (grey), the samples of `num_points` starts
+    (blue) and the x_t paths of the first `num_paths` of them, every panel from the same starts.
+    `denoiser` is a trained toy model or a mixture's exact one (`toy`)."""
+    import matplotlib.pyplot as plt
+
+    x_T = torch.randn(num_points, 2, generator=torch.Generator().manual_seed(seed))
+    fig, axes = plt.subplots(1, len(configs), figsize=(3.2 * len(configs), 3.4), squeeze=False)
+    for ax, (name, cfg) in zip(axes[0], configs.items()):
+        trajectory = Trajectory()
+        out = sample(denoiser, schedule, x_T.shape, cfg, x_T=x_T.clone(), trajectory=trajectory,
+                     generator=torch.Generator().manual_seed(seed + 1))
+        ax.scatter(data[:, 0], data[:, 1], s=2, color="0.75", label="data")
+        ax.scatter(out[:, 0], out[:, 1], s=2, color="tab:blue", label="samples")
+        paths = torch.stack([*trajectory.xt, out])[:, :num_paths]                      # (steps + 1, n, 2)
+        for i in range(num_paths):
+            ax.plot(paths[:, i, 0], paths[:, i, 1], color="tab:red", linewidth=0.8, alpha=0.8)
+        ax.set_title(f"{name}: {cfg.describe(schedule)}", fontsize=8)
+        _square(ax)
+    axes[0, 0].legend(fontsize=7, loc="lower left", markerscale=3)
+    fig.suptitle("x_t paths (red) from the same starts, and the samples (blue) over the data (grey)", fontsize=10)
+    return save_figure(fig, path)
+
+
+def _square(ax, limit: float = 3.2) -> None:
+    ax.set_aspect("equal")
+    ax.set_xlim(-limit, limit)
+    ax.set_ylim(-limit, limit)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+@torch.no_grad()
+def toy_forward_process(data: torch.Tensor, schedule, path: str | Path, timesteps=(0, 50, 150, 300, 600, 999),
+                        seed: int = 0) -> Path:
+    """The 2-D data noised to x_t for a few t: the density the sampler must walk back through."""
+    import matplotlib.pyplot as plt
+
+    g = torch.Generator().manual_seed(seed)
+    fig, axes = plt.subplots(1, len(timesteps), figsize=(2.4 * len(timesteps), 2.7), squeeze=False)
+    for ax, t in zip(axes[0], timesteps):
+        tt = torch.full((len(data),), t, dtype=torch.long)
+        xt = schedule.q_sample(data.float(), tt, torch.randn(data.shape, generator=g))
+        ax.scatter(xt[:, 0], xt[:, 1], s=1, alpha=0.5)
+        ax.set_title(f"t = {t}, ᾱ = {schedule.alpha_bar[t]:.3f}", fontsize=8)
+        _square(ax)
+    fig.suptitle("forward process q(x_t | x_0) on 2-D data", fontsize=10)
+    return save_figure(fig, path)
+
+
+@torch.no_grad()
+def toy_score_fields(model, mixture, schedule, path: str | Path, timesteps=(50, 200, 500), grid: int = 21) -> Path:
+    """The score ∇ log p_t(x) = -eps(x, t) / sqrt(1 - ᾱ_t) on a grid: the trained model's (top)
+    against the mixture's exact one (bottom), at a few t."""
+    import matplotlib.pyplot as plt
+
+    axis = torch.linspace(-3, 3, grid)
+    points = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)
+    exact = mixture.denoiser(schedule)
+    fig, axes = plt.subplots(2, len(timesteps), figsize=(2.9 * len(timesteps), 5.8), squeeze=False)
+    for col, t in enumerate(timesteps):
+        tt = torch.full((len(points),), t, dtype=torch.long)
+        scale = -1 / (1 - schedule.alpha_bar[t]).sqrt()
+        for row, (name, net) in enumerate((("trained", model), ("exact", exact))):
+            score = scale * net(points, tt).float()
+            ax = axes[row, col]
+            ax.quiver(points[:, 0], points[:, 1], score[:, 0], score[:, 1], angles="xy", color="tab:blue")
+            ax.scatter(mixture.means[:, 0], mixture.means[:, 1], s=12, color="tab:red")
+            ax.set_title(f"{name} score, t = {t}", fontsize=8)
+            _square(ax)
+    fig.suptitle("score field of p_t: the trained MLP against the exact mixture", fontsize=10)
+    return save_figure(fig, path)
+
+
+@torch.no_grad()
+def toy_guidance(mixture, schedule, path: str | Path, scales=(0, 1, 3, 7), num_points: int = 1500,
+                 seed: int = 0) -> Path:
+    """Classifier-free guidance on the exact class-conditional denoiser of a ring (`halves`:
+    class 0 above the x axis): samples of class 0 at each w, from the same starts (DPM-Solver++,
+    20 steps). w = 0 is the whole ring, w = 1 the upper half, w > 1 pushes further from class 1."""
+    import matplotlib.pyplot as plt
+
+    classes = mixture.halves
+    network = mixture.denoiser(schedule, classes=classes)
+    x_T = torch.randn(num_points, 2, generator=torch.Generator().manual_seed(seed))
+    labels = torch.zeros(num_points, dtype=torch.long)
+    data = mixture.sample(num_points, torch.Generator().manual_seed(seed + 1))
+    fig, axes = plt.subplots(1, len(scales), figsize=(2.9 * len(scales), 3.2), squeeze=False)
+    for ax, w in zip(axes[0], scales):
+        out = sample(guided(network, labels, w, int(classes.max()) + 1), schedule, x_T.shape,
+                     SamplerConfig(sampler="dpmpp_2m", sample_steps=20, clip=False), x_T=x_T.clone())
+        ax.scatter(data[:, 0], data[:, 1], s=1, color="0.8")
+        ax.scatter(out[:, 0], out[:, 1], s=1, color="tab:blue")
+        ax.set_title(f"w = {w:g}", fontsize=9)
+        _square(ax)
+    fig.suptitle("guidance toward class 0 (upper half), exact denoisers; grey: all data", fontsize=10)
+    return save_figure(fig, path)

@@ -4,10 +4,10 @@ Stable Diffusion (LDM, arXiv:2112.10752, section 4.3.2) trains the U-Net on z * 
 VAE latent and s = 1 / std(z) over the training set (0.18215 for SD's VAE), so the diffusion
 model sees roughly unit-variance data, as its noise schedule assumes. Decoding divides by s.
 
-We encode with the posterior mean, once: the latents are deterministic, so they can be cached
-and reused every epoch, and with a small beta the posterior's std is small next to its mean
-(`sdlab-eval-vae` reports both), so sampling z per epoch would add little but cost a VAE pass
-over the dataset every epoch.
+We encode with the posterior mean, once, and cache it. LDM and SD train on samples
+z = mean + std * eps instead; with a small beta the posterior's std is small next to the spread
+of the means (`sdlab-eval-vae` reports both), and caching the log-variance too would make
+sampling free, but that is not done here.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 This is Stable Diffusion's inference path in miniature:
 
-    noise z_T ~ N(0, I)  --sampler (DDPM/DDIM), U-Net eps(z_t, t, class), guidance-->  z_0
+    noise z_T ~ N(0, I)  --sampler (DDPM, DDIM, Euler, Heun, DPM-Solver++), U-Net eps(z_t, t, class), guidance-->  z_0
     z_0 / s  --VAE decoder-->  image in [-1, 1]          (pixel models skip the decoder)
 
 `DiffusionPipeline.from_checkpoint` rebuilds everything from a train_diffusion.py checkpoint
@@ -12,6 +12,7 @@ keep working when the VAE file is moved, replaced or deleted.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 
@@ -20,9 +21,10 @@ import torch
 from .checkpoint import CheckpointError, checkpoint_kind, load_checkpoint, state_digest
 from .errors import first_line
 from .config import from_stored
-from .diffusion import DiffusionConfig, NoiseSchedule, Trajectory, sample
+from .diffusion import DiffusionConfig, NoiseSchedule, SamplerConfig, Trajectory, sample, sampler_config
 from .diffusion.guidance import guided
 from .latent import decode_latents
+from .runtime import memory_format
 from .unet import UNet, UNetConfig
 from .vae import VAE, VAEConfig
 
@@ -96,6 +98,7 @@ class DiffusionPipeline:
     scale_factor: float = 1.0
     classes: tuple[str, ...] = ()     # non-empty for class-conditional models
     config: dict = field(default_factory=dict)   # the run config stored in the checkpoint
+    layout: torch.memory_format | None = None    # None: the device's (runtime.memory_format)
 
     @classmethod
     def from_checkpoint(cls, path: str, device: torch.device) -> "DiffusionPipeline":
@@ -148,12 +151,14 @@ class DiffusionPipeline:
     @torch.no_grad()
     def __call__(self, num: int, *, labels: torch.Tensor | None = None, guidance_scale: float = 1.0,
                  generator: torch.Generator | None = None, trajectory: Trajectory | None = None,
-                 progress: bool = False, decode: bool = True, **sampler_kwargs) -> torch.Tensor:
+                 progress: bool = False, decode: bool = True, sampler: SamplerConfig | str | None = None,
+                 **options) -> torch.Tensor:
         """Generate `num` images (B, C, H, W) in [-1, 1] (or raw latents with decode=False).
 
         labels: class ids (num,) for class-conditional models; guidance_scale w combines the
         conditional and unconditional predictions (w = 1: plain conditional sampling).
-        sampler_kwargs: sampler, steps, eta, spacing, variance, clip (see diffusion.sample).
+        sampler: a SamplerConfig or a sampler name; `options` override its fields
+        (pipe(16, sampler="dpmpp_2m", sample_steps=15)).
         """
         self.model.eval()
         denoiser = self.model
@@ -161,9 +166,12 @@ class DiffusionPipeline:
             denoiser = guided(self.model, labels, guidance_scale, len(self.classes))
         elif labels is not None:
             denoiser = lambda xt, t, _labels: self.model(xt, t, labels)
+        cfg = sampler_config(sampler, **options)
         # latents are not confined to [-1, 1], so x0 clipping is for pixel models only
-        sampler_kwargs["clip"] = sampler_kwargs.get("clip", True) and self.vae is None
-        z = sample(denoiser, self.schedule, (num, *self.sample_shape), prediction=self.prediction,
-                   generator=generator, device=self.device, trajectory=trajectory, progress=progress,
-                   **sampler_kwargs)
+        cfg = dataclasses.replace(cfg, clip=cfg.clip and self.vae is None)
+        layout = self.layout or memory_format(self.device, self.sample_shape[-1])
+        self.model.to(memory_format=layout)
+        z = sample(denoiser, self.schedule, (num, *self.sample_shape), cfg, prediction=self.prediction,
+                   generator=generator, device=self.device, memory_format=layout, trajectory=trajectory,
+                   progress=progress)
         return self.decode(z) if decode else z

@@ -96,14 +96,17 @@ def plot_bars(names: Sequence[str], values: Sequence[float], path: str | Path, y
 
 
 def plot_lines(x: Sequence[float], series: dict[str, Sequence[float]], path: str | Path, xlabel: str,
-               title: str = "", right: dict[str, Sequence[float]] | None = None, log_x: bool = False) -> Path:
+               title: str = "", right: dict[str, Sequence[float]] | None = None, log_x: bool = False,
+               ylabel: str = "") -> Path:
     """Curves sharing one x axis: `series` on the left y axis, `right` (e.g. an accuracy in
-    [0, 1]) on a second axis; each axis is labelled with its series' names."""
+    [0, 1]) on a second axis; each axis is labelled with its series' names. A series given as
+    a tuple (xs, ys) has x values of its own (e.g. a metric against NFE for several samplers)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for name, values in series.items():
-        ax.plot(x, values, marker="o", label=name)
+        xs, ys = values if isinstance(values, tuple) else (x, values)
+        ax.plot(xs, ys, marker="o", label=name)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(", ".join(series))
+    ax.set_ylabel(ylabel or ", ".join(series))
     if log_x:
         ax.set_xscale("log")
     ax.grid(alpha=0.3)
@@ -124,6 +127,6 @@ def save_figure(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")    # "tight": long row labels are not cut off
     plt.close(fig)
     return path

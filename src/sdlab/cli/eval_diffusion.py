@@ -4,8 +4,9 @@ bpd = L_T + sum_{t} L_{t-1} + L_0 (DDPM eq. (5)) on --num-images test images eve
 through the test split (so a class-sorted folder contributes every class), with
 the discretized Gaussian decoder for L_0 and p(x_{t-1} | x_t) of variance beta_tilde_t. With
 --timesteps K < T - 1 the sum of the KL terms over t = 1..T-1 is a stratified estimate: one t
-drawn in each of K equal strata, shared by all images, mean times (T - 1); L_0 and L_T stay exact. Ho et al. report <= 3.70-3.75 bpd on
-CIFAR-10 after 800k steps.
+drawn in each of K equal strata, shared by all images, mean times (T - 1); L_0 (one draw of
+x_1) and L_T (closed form) are always included. Ho et al. report <= 3.70-3.75 bpd on CIFAR-10
+after 800k steps.
 """
 
 from __future__ import annotations

@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 from ..data import DATASETS, DataConfig, to_uint8
-from ..diffusion.sampling import SAMPLERS, SPACINGS, VARIANCES
+from ..diffusion import SamplerConfig
 from ..outputs import writable_dir, writable_file
 from ..pipeline import DiffusionPipeline
 from ..recipes.quality import QualityConfig, Scorer, draw_samples, read_samples
 from ..recipes.run import stored_data_config
 from ..runtime import DEVICE_HELP, pick_device
-from .flags import Parser, add_config_flags, build_configs, finite_float
+from .flags import Parser, add_config_flags, add_sampling_flags, build_configs, finite_float
 from .session import user_errors
 
 
@@ -33,15 +33,9 @@ def build_parser() -> Parser:
     parser.add_argument("checkpoint", nargs="?", default=None, help="diffusion checkpoint to draw from")
     parser.add_argument("--samples", default=None, help="score these instead: a folder of images or a .pt tensor")
     parser.add_argument("--num-samples", type=int, default=1000)
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM takes all T)")
-    parser.add_argument("--eta", type=finite_float, default=0.0)
-    parser.add_argument("--spacing", choices=SPACINGS, default="uniform")
-    parser.add_argument("--variance", choices=VARIANCES, default="beta")
     parser.add_argument("--guidance-scale", type=finite_float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=256, help="images per sampling pass")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--dataset", choices=DATASETS, default=None, help="reference data (default: the model's)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--image-size", type=int, default=32, help="with --samples: the images' size")
@@ -49,6 +43,7 @@ def build_parser() -> Parser:
     parser.add_argument("--cache-dir", default=None, help="reference features (default: beside the input)")
     parser.add_argument("--out", default=None, help="JSON (default: eval_samples.json beside the input)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_sampling_flags(parser)
     add_config_flags(parser, QualityConfig, "metric", skip=("eval_every", "eval_samples"))
     return parser
 
@@ -59,10 +54,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if (args.checkpoint is None) == (args.samples is None):
         parser.error("give a CHECKPOINT to draw from or --samples PATH, not both")
-    for flag in ("num_samples", "steps", "batch_size"):
+    for flag in ("num_samples", "batch_size"):
         if getattr(args, flag) < 2:
             parser.error(f"--{flag.replace('_', '-')} must be >= 2 (got {getattr(args, flag)})")
-    cfg = build_configs(parser, args, {"quality": QualityConfig})["quality"]
+    configs = build_configs(parser, args, {"quality": QualityConfig, "sampler": SamplerConfig})
+    cfg, sampler = configs["quality"], configs["sampler"]
     source = Path(args.checkpoint or args.samples)
     out = writable_file(args.out or (source if source.is_dir() else source.parent) / "eval_samples.json",
                         "--out", (".json",))
@@ -76,8 +72,7 @@ def main(argv=None) -> None:
         data = stored_data_config(pipe.config, args.dataset, args.data_dir)
         images, labels = draw_samples(pipe, args.num_samples, balanced=True, guidance_scale=args.guidance_scale,
                                       seed=args.seed, batch_size=args.batch_size, precision=args.precision,
-                                      progress=True, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                                      spacing=args.spacing, variance=args.variance)
+                                      progress=True, sampler=sampler)
         images, names = to_uint8(images), pipe.classes
     else:
         if not args.dataset:
@@ -89,7 +84,8 @@ def main(argv=None) -> None:
     result = scorer.score(images, data, cache, labels, names)
     result.update(sampling_seconds=round(drawn, 1), scoring_seconds=round(time.perf_counter() - start - drawn, 1))
     if args.checkpoint:
-        result.update(sampler=args.sampler, steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed)
+        result.update(sampler=sampler.describe(pipe.schedule), nfe=sampler.evaluations(pipe.schedule),
+                      guidance_scale=args.guidance_scale, seed=args.seed)
     out.write_text(json.dumps(result, indent=1))
     print(f"{result['metric']} {result['fd']:.3f}  KID {result['kid']:.5f} ± {result['kid_std']:.5f}  "
           f"({len(images)} samples vs {result['num_reference']} {result['reference']} images)"

@@ -17,6 +17,7 @@ import typing
 from pathlib import Path
 
 from ..config import ConfigError
+from ..diffusion import SamplerConfig
 
 
 class Parser(argparse.ArgumentParser):
@@ -74,6 +75,14 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str,
             kwargs["type"] = finite_float if kind is float else kind
         kwargs.update(meta)
         group.add_argument(flag_name(f.name), *aliases.get(f.name, []), **kwargs)
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of every command that draws images: SamplerConfig's fields (--steps short for
+    --sample-steps) and --precision."""
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="autocast while sampling (auto: bf16 where the device runs it natively)")
+    add_config_flags(parser, SamplerConfig, "sampling", {"sample_steps": ["--steps"]}, skip=("num_samples",))
 
 
 def _show(value) -> str:

@@ -4,7 +4,10 @@ The U-Net, the schedule and (for latent models) the VAE are rebuilt from the con
 the checkpoint; no model flags are needed. EMA weights are used when the checkpoint has them.
 
     sdlab-sample outputs/diffusion/best.pt --num-samples 64 --sampler ddim --steps 50 --seed 0 --out grid.png
+    sdlab-sample outputs/diffusion/best.pt --sampler dpmpp_2m --steps 15 --out fast.png
     sdlab-sample outputs/ldm/best.pt --class horse --class ship --guidance-scale 3 --out horses_ships.png
+
+The sampling flags (--sampler, --steps, --eta, --spacing, ...) come from `SamplerConfig`.
 """
 
 from __future__ import annotations
@@ -15,13 +18,13 @@ from pathlib import Path
 import torch
 
 from ..data import IMAGE_EXTENSIONS
-from ..diffusion.sampling import SAMPLERS, SPACINGS, VARIANCES, ddim_timesteps
+from ..diffusion import SamplerConfig
 from ..outputs import writable_dir, writable_file
 from ..pipeline import DiffusionPipeline
 from ..recipes.quality import draw_samples
 from ..runtime import DEVICE_HELP, pick_device
 from ..visualize import save_grid
-from .flags import Parser, finite_float
+from .flags import Parser, add_sampling_flags, build_configs, finite_float
 from .session import user_errors
 
 
@@ -29,11 +32,6 @@ def build_parser() -> Parser:
     parser = Parser(prog="sdlab-sample", description="Sample images from a diffusion checkpoint.")
     parser.add_argument("checkpoint", help="best.pt or last.pt written by train_diffusion.py")
     parser.add_argument("--num-samples", type=int, default=64)
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM takes all T)")
-    parser.add_argument("--eta", type=finite_float, default=0.0, help="DDIM eta, in [0, 1]")
-    parser.add_argument("--spacing", choices=SPACINGS, default="uniform")
-    parser.add_argument("--variance", choices=VARIANCES, default="beta", help="DDPM sigma_t^2")
     parser.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME|ID",
                         help="class-conditional models: class to draw (repeatable; cycled over the images)")
     parser.add_argument("--guidance-scale", type=finite_float, default=1.0,
@@ -44,7 +42,7 @@ def build_parser() -> Parser:
     parser.add_argument("--per-image-dir", default=None, help="also write one PNG per image here")
     parser.add_argument("--nrow", type=int, default=8)
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    add_sampling_flags(parser)
     return parser
 
 
@@ -52,11 +50,10 @@ def build_parser() -> Parser:
 def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for flag in ("num_samples", "steps", "batch_size", "nrow"):
+    for flag in ("num_samples", "batch_size", "nrow"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1 (got {getattr(args, flag)})")
-    if not 0 <= args.eta <= 1:
-        parser.error(f"--eta must be in [0, 1] (got {args.eta})")
+    sampler = build_configs(parser, args, {"sampler": SamplerConfig})["sampler"]
     if args.guidance_scale < 0:
         parser.error(f"--guidance-scale must be >= 0 (got {args.guidance_scale})")
     device = pick_device(args.device)
@@ -75,18 +72,15 @@ def main(argv=None) -> None:
         labels = torch.tensor(ids, device=device).repeat(-(-args.num_samples // len(ids)))[: args.num_samples]
     start = time.perf_counter()
     images, _ = draw_samples(pipe, args.num_samples, labels=labels, guidance_scale=args.guidance_scale,
-                             seed=args.seed, batch_size=args.batch_size, precision=args.precision, progress=True,
-                             sampler=args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing,
-                             variance=args.variance)
+                             seed=args.seed, batch_size=args.batch_size, precision=args.precision,
+                             progress=True, sampler=sampler)
     seconds = time.perf_counter() - start
     save_grid(images, args.out, nrow=args.nrow)
     if args.per_image_dir:
         folder = Path(args.per_image_dir)
         for i, image in enumerate(images):
             save_grid(image[None], folder / f"{i:05d}.png", nrow=1)
-    T = pipe.schedule.num_timesteps      # DDIM visits distinct timesteps: at most T of them
-    steps = T if args.sampler == "ddpm" else len(ddim_timesteps(T, args.steps, args.spacing))
-    print(f"wrote {args.out}: {args.num_samples} images, {args.sampler} {steps} steps, "
+    print(f"wrote {args.out}: {args.num_samples} images, {sampler.describe(pipe.schedule)}, "
           f"{seconds:.1f} s on {device}")
 
 

@@ -27,8 +27,8 @@ PREDICTIONS = ("eps", "v", "x0")
 class DiffusionConfig:
     num_timesteps: int = option(1000, "diffusion steps T")
     schedule: str = option("linear", "beta schedule", choices=SCHEDULES)
-    beta_start: float = option(1e-4, "first beta of the linear schedule")
-    beta_end: float = option(0.02, "last beta of the linear schedule")
+    beta_start: float = option(1e-4, "first beta of the linear and scaled_linear schedules")
+    beta_end: float = option(0.02, "last beta of the linear and scaled_linear schedules")
     prediction: str = option("eps", "what the U-Net predicts", choices=PREDICTIONS)
     min_snr_gamma: float = option(0.0, "min-SNR-gamma loss weighting (0 disables; 5 is typical)")
 
@@ -84,8 +84,9 @@ def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, cfg: Diffus
 def model_outputs(output: torch.Tensor, schedule: NoiseSchedule, xt: torch.Tensor,
                   t: torch.Tensor, prediction: str, clip: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(eps, x0) implied by a network output; with `clip`, x0 is clamped to [-1, 1] (the data
-    range) and eps recomputed from the clamped x0 so the two stay consistent."""
-    output = output.float()
+    range) and eps recomputed from the clamped x0 so the two stay consistent. The output is
+    cast to x_t's dtype (autocast's bf16 back to fp32; fp64 in the solver-order tests)."""
+    output = output.to(xt.dtype)
     if prediction == "eps":
         eps, x0 = output, schedule.predict_x0(xt, t, output)
     elif prediction == "v":
@@ -114,7 +115,8 @@ def nll_bits_per_dim(model, schedule: NoiseSchedule, x0: torch.Tensor, predictio
     Args:
         x0: images (B, C, H, W) on the 256-level grid in [-1, 1].
         timesteps: zero-based indices in [1, T-1] whose KL terms to compute (default all).
-            L_0 and L_T are always exact; a subset of the KL terms gives an unbiased estimate
+            L_T is exact (closed form); L_0 and each KL term are one-draw estimates (one x_t per
+            image, the KL itself in closed form given x_t); a subset of the KL terms gives an unbiased estimate
             of their sum when drawn uniformly (or stratified): their mean times (T - 1).
     Returns:
         {"total", "prior", "decoder", "terms"}: bits/dim per image (B,), terms (B, K).
@@ -122,7 +124,7 @@ def nll_bits_per_dim(model, schedule: NoiseSchedule, x0: torch.Tensor, predictio
     T = schedule.num_timesteps
     timesteps = torch.arange(1, T) if timesteps is None else timesteps
     if int(timesteps.min()) < 1:
-        raise ValueError("timesteps must lie in [1, T-1]: L_0 is always computed exactly")
+        raise ValueError("timesteps must lie in [1, T-1]: L_0 is always computed")
     dims = x0[0].numel()
     b = x0.shape[0]
     terms = []

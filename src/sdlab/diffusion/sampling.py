@@ -1,50 +1,114 @@
-"""Reverse processes: ancestral DDPM sampling and DDIM, for any denoiser callable.
+"""Sampling: which timesteps to visit, which sampler steps between them, and the loop.
 
-    denoiser(x_t, t, labels) -> network output (eps, v or x0, per `prediction`)
+    images = sample(denoiser, schedule, (16, 3, 32, 32), SamplerConfig(sampler="dpmpp_2m", sample_steps=15))
 
-DDPM: Ho et al. (arXiv:2006.11239), Algorithm 2. DDIM: Song et al. (arXiv:2010.02502),
-eqs. (12) and (16). Timesteps are zero-based (see `schedule`).
+`SamplerConfig` is the one description of a sampling run: the command-line flags of every entry
+point and the training-time sample grids are generated from it, and its choices from the
+registry in `solvers`. The timestep grids are all made of trained timesteps:
+
+    uniform    evenly spaced in t (DDIM's default)
+    quadratic  t ∝ i^2: more steps at low noise (DDIM section 5)
+    karras     σ_i = (σ_max^{1/ρ} + i/(n-1) (σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ, ρ = 7 (Karras et al.
+               eq. (5)), each σ_i mapped to the trained timestep of nearest log σ
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from ..config import option, require, require_choice, require_finite
-from .objective import model_outputs
 from .schedule import NoiseSchedule
+from .solvers import SAMPLERS, ScheduleDenoiser
 
-SAMPLERS = ("ddpm", "ddim")
 VARIANCES = ("beta", "beta_tilde")
-SPACINGS = ("uniform", "quadratic")
+SPACINGS = ("auto", "uniform", "quadratic", "karras")
+KARRAS_RHO = 7.0
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    sampler: str = option("ddim", "reverse process for sample grids", choices=SAMPLERS)
-    sample_steps: int = option(50, "DDIM steps (DDPM always takes all T)")
-    eta: float = option(0.0, "DDIM stochasticity (0: deterministic, 1: DDPM-like)")
-    spacing: str = option("uniform", "DDIM timestep spacing", choices=SPACINGS)
-    variance: str = option("beta", "DDPM sigma_t^2: beta or beta_tilde", choices=VARIANCES)
+    sampler: str = option("ddim", "reverse process: " + "; ".join(f"{k}: {c.help}" for k, c in SAMPLERS.items()),
+                          choices=tuple(SAMPLERS))
+    sample_steps: int = option(50, "timesteps visited (ddpm always takes all T; heun evaluates the "
+                                   "network 2 x steps - 1 times)")
+    eta: float = option(0.0, "ddim only: stochasticity (0: deterministic, 1: DDPM-like)")
+    spacing: str = option("auto", "timestep grid (auto: uniform for ddim, karras for the others)",
+                          choices=SPACINGS)
+    variance: str = option("beta", "ddpm only: sigma_t^2 = beta or beta_tilde", choices=VARIANCES)
     num_samples: int = option(64, "images per sample grid")
-    clip: bool = option(True, "clamp predicted x0 to [-1, 1]")
+    clip: bool = option(True, "clamp predicted x0 to [-1, 1] (pixel models; latents are never clamped)")
 
     def __post_init__(self):
         require_finite(self)
-        require_choice(self.sampler, SAMPLERS, "sampler")
+        require_choice(self.sampler, tuple(SAMPLERS), "sampler")
         require_choice(self.spacing, SPACINGS, "spacing")
         require_choice(self.variance, VARIANCES, "variance")
         require(self.sample_steps >= 1, "sample_steps", f"must be >= 1 (got {self.sample_steps})")
         require(self.num_samples >= 1, "num_samples", f"must be >= 1 (got {self.num_samples})")
         require(0 <= self.eta <= 1, "eta", f"must be in [0, 1] (got {self.eta})")
+        require(self.eta == 0 or self.sampler == "ddim", "eta",
+                f"applies to the ddim sampler only (got {self.eta} with {self.sampler}; euler_a is "
+                "the eta = 1 ancestral sampler)")
 
-    def kwargs(self) -> dict:
-        """Keyword arguments of `sample` for this config."""
-        return {"sampler": self.sampler, "steps": self.sample_steps, "eta": self.eta,
-                "spacing": self.spacing, "variance": self.variance, "clip": self.clip}
+    @property
+    def grid(self) -> str:
+        """The timestep spacing this run uses ("auto" resolved by the sampler)."""
+        return SAMPLERS[self.sampler].spacing if self.spacing == "auto" else self.spacing
+
+    def timesteps(self, schedule: NoiseSchedule) -> list[int]:
+        """The decreasing trained timesteps this run visits."""
+        if self.sampler == "ddpm":
+            return list(range(schedule.num_timesteps - 1, -1, -1))
+        return sampling_timesteps(schedule, self.sample_steps, self.grid)
+
+    def evaluations(self, schedule: NoiseSchedule) -> int:
+        """Network evaluations (NFE) per image, guidance's doubled batch counted once."""
+        return SAMPLERS[self.sampler].evaluations(len(self.timesteps(schedule)))
+
+    def describe(self, schedule: NoiseSchedule) -> str:
+        """e.g. "dpmpp_2m, 15 karras steps (15 NFE)"."""
+        steps = len(self.timesteps(schedule))
+        grid = "" if self.sampler == "ddpm" else f" {self.grid}"
+        return f"{self.sampler}, {steps}{grid} steps ({self.evaluations(schedule)} NFE)"
+
+
+def sampler_config(config: SamplerConfig | str | None = None, **options) -> SamplerConfig:
+    """A SamplerConfig from a config, a sampler name or nothing (the defaults), with field
+    overrides: sampler_config("heun", sample_steps=10) == sampler_config(sampler="heun", sample_steps=10)."""
+    if isinstance(config, SamplerConfig):
+        return dataclasses.replace(config, **options)
+    return SamplerConfig(**({"sampler": config} if config else {}), **options)
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = KARRAS_RHO) -> torch.Tensor:
+    """Karras et al. eq. (5): n noise levels from sigma_max down to sigma_min (float64)."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def sampling_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "uniform") -> list[int]:
+    """Decreasing zero-based trained timesteps from T-1 down to 0 (just T-1 for one step).
+
+    Grids on the trained timesteps can hold fewer than `steps` distinct points (e.g. more
+    steps than T, or Karras's dense low-noise end): duplicates are dropped.
+    """
+    T = schedule.num_timesteps
+    if spacing == "uniform":
+        grid = torch.linspace(T - 1, 0, steps)
+    elif spacing == "quadratic":
+        grid = torch.linspace((T - 1) ** 0.5, 0, steps) ** 2
+    elif spacing == "karras":
+        log_sigmas = (0.5 * torch.log((1 - schedule.alpha_bar.double()) / schedule.alpha_bar.double())).cpu()
+        wanted = karras_sigmas(log_sigmas[0].exp().item(), log_sigmas[-1].exp().item(), steps).log()
+        grid = (wanted[:, None] - log_sigmas[None, :]).abs().argmin(1).double()
+    else:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS[1:])}")
+    return sorted({int(round(v)) for v in grid.tolist()}, reverse=True)
 
 
 @dataclass
@@ -56,86 +120,41 @@ class Trajectory:
     x0: list[torch.Tensor] = field(default_factory=list)
 
 
-def ddpm_step_stats(schedule: NoiseSchedule, x0: torch.Tensor, xt: torch.Tensor,
-                    t: torch.Tensor, variance: str = "beta") -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation of p(x_{t-1} | x_t) given the predicted x_0.
-
-    The mean is the posterior mean mu_tilde(x_t, x_0) of eq. (7); with x_0 from eq. (15) it equals
-    Algorithm 2's 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - ᾱ_t) eps). sigma_t^2 is beta_t or
-    beta_tilde_t (section 3.2); no noise is added at the last step (t index 0).
-    """
-    mean, var_tilde, _ = schedule.q_posterior(x0, xt, t)
-    var = var_tilde if variance == "beta_tilde" else schedule.betas[t].reshape(-1, 1, 1, 1)
-    std = torch.where(t.reshape(-1, 1, 1, 1) > 0, var.sqrt(), torch.zeros_like(var))
-    return mean, std
-
-
-def ddim_step_stats(schedule: NoiseSchedule, eps: torch.Tensor, x0: torch.Tensor,
-                    t: torch.Tensor, t_prev: torch.Tensor, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation of DDIM's x_{t_prev} given (eps, x0) at t (t_prev = -1: x_0).
-
-    DDIM eq. (16): sigma = eta * sqrt((1 - ᾱ_prev) / (1 - ᾱ_t)) * sqrt(1 - ᾱ_t / ᾱ_prev)
-    DDIM eq. (12): x_prev = sqrt(ᾱ_prev) x0 + sqrt(1 - ᾱ_prev - sigma^2) eps + sigma z
-    """
-    shape = (-1, 1, 1, 1)
-    a_t = schedule.alpha_bar[t].reshape(shape)
-    a_prev = torch.where(t_prev >= 0, schedule.alpha_bar[t_prev.clamp(min=0)],
-                         torch.ones_like(t_prev, dtype=a_t.dtype)).reshape(shape)
-    sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
-    mean = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
-    return mean, sigma
-
-
-def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "uniform") -> list[int]:
-    """Decreasing zero-based timesteps visited by DDIM, always ending at 0 and starting near T-1."""
-    if spacing == "uniform":
-        grid = torch.linspace(0, num_timesteps - 1, steps)
-    elif spacing == "quadratic":
-        grid = torch.linspace(0, (num_timesteps - 1) ** 0.5, steps) ** 2
-    else:
-        raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
-    return sorted({int(round(v)) for v in grid.tolist()}, reverse=True)
-
-
 @torch.no_grad()
-def sample(denoiser, schedule: NoiseSchedule, shape: tuple[int, ...], *, sampler: str = "ddpm",
-           steps: int | None = None, eta: float = 0.0, spacing: str = "uniform",
-           variance: str = "beta", prediction: str = "eps", clip: bool = True,
-           labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
-           device: torch.device | str = "cpu", trajectory: Trajectory | None = None,
-           progress: bool = False) -> torch.Tensor:
-    """Draw samples by running the reverse process from x_T ~ N(0, I).
+def sample(denoiser, schedule: NoiseSchedule, shape: tuple[int, ...], config: SamplerConfig | str | None = None, *,
+           prediction: str = "eps", labels: torch.Tensor | None = None,
+           generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+           memory_format: torch.memory_format = torch.contiguous_format, x_T: torch.Tensor | None = None,
+           trajectory: Trajectory | None = None, progress: bool = False, **options) -> torch.Tensor:
+    """Draw samples by running a reverse process from x_T ~ N(0, I).
 
     Args:
         denoiser: callable(x_t, t, labels) -> output of type `prediction`.
         shape: (B, C, H, W) of the samples.
-        sampler: "ddpm" (all T steps, Algorithm 2) or "ddim" (`steps` steps, eta).
-        clip: clamp each predicted x_0 to [-1, 1], the range the data was scaled to.
+        config: a SamplerConfig or a sampler name; `options` override its fields
+            (sample(..., "ddim", sample_steps=20, eta=0.5)).
+        x_T: the starting noise (default: drawn from `generator`).
         trajectory: if given, filled with x_t and predicted x_0 at every step.
     Returns:
-        x_0 samples (B, C, H, W), in [-1, 1] when clip is on.
+        x_0 samples (B, C, H, W), in [-1, 1] when config.clip is on.
     """
-    T = schedule.num_timesteps
-    if sampler == "ddpm":
-        seq = list(range(T - 1, -1, -1))
-    elif sampler == "ddim":
-        seq = ddim_timesteps(T, steps or 50, spacing)
-    else:
-        raise ValueError(f"unknown sampler {sampler!r}; choose ddpm or ddim")
-    x = torch.randn(shape, generator=generator, device=device)
-    b = shape[0]
-    for i, index in enumerate(tqdm(seq, desc=sampler, disable=not progress, leave=False)):
-        t = torch.full((b,), index, device=device, dtype=torch.long)
-        eps, x0 = model_outputs(denoiser(x, t, labels), schedule, x, t, prediction, clip)
+    cfg = sampler_config(config, **options)
+    solver = SAMPLERS[cfg.sampler](cfg.eta, cfg.variance)
+    net = ScheduleDenoiser(denoiser, schedule, prediction, cfg.clip, labels)
+    seq = cfg.timesteps(schedule)
+    x = torch.randn(shape, generator=generator, device=device) if x_T is None else x_T
+    x = x.contiguous(memory_format=memory_format)
+
+    def noise(like: torch.Tensor) -> torch.Tensor:
+        return torch.randn(like.shape, generator=generator, device=like.device,
+                           dtype=like.dtype).contiguous(memory_format=memory_format)
+
+    for i, t in enumerate(tqdm(seq, desc=cfg.sampler, disable=not progress, leave=False)):
+        t_next = seq[i + 1] if i + 1 < len(seq) else -1
+        x_next, x0 = solver.step(net, x, t, t_next, noise)
         if trajectory is not None:
-            trajectory.timesteps.append(index)
+            trajectory.timesteps.append(t)
             trajectory.xt.append(x.cpu())
             trajectory.x0.append(x0.cpu())
-        if sampler == "ddpm":
-            mean, std = ddpm_step_stats(schedule, x0, x, t, variance)
-        else:
-            t_prev = torch.full_like(t, seq[i + 1] if i + 1 < len(seq) else -1)
-            mean, std = ddim_step_stats(schedule, eps, x0, t, t_prev, eta)
-        noise = torch.randn(shape, generator=generator, device=device)
-        x = mean + std * noise
+        x = x_next
     return x

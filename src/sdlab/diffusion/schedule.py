@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-SCHEDULES = ("linear", "cosine")
+SCHEDULES = ("linear", "scaled_linear", "cosine")
 
 
 def make_betas(kind: str, num_timesteps: int, beta_start: float = 1e-4,
@@ -25,11 +25,14 @@ def make_betas(kind: str, num_timesteps: int, beta_start: float = 1e-4,
     """beta_t for t = 0..T-1 in float64.
 
     linear: evenly spaced from beta_start to beta_end (DDPM: 1e-4 to 0.02 with T = 1000).
+    scaled_linear: sqrt(beta) evenly spaced (Stable Diffusion v1: beta from 0.00085 to 0.012).
     cosine: ᾱ(t) = f(t) / f(0), f(t) = cos^2(((t/T + s) / (1 + s)) * pi/2), s = 0.008
             (improved DDPM eq. (17)); beta_t = 1 - ᾱ_t / ᾱ_{t-1}, clipped at 0.999.
     """
     if kind == "linear":
         return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+    if kind == "scaled_linear":
+        return torch.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=torch.float64) ** 2
     if kind == "cosine":
         s = 0.008
         steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
@@ -75,6 +78,9 @@ class NoiseSchedule(nn.Module):
         for name, value in series.items():
             self.register_buffer(name, value.float(), persistent=False)
         self.num_timesteps = len(betas)
+        # ᾱ_t as Python floats (float64) for samplers' per-step scalars: 1 - ᾱ_t / ᾱ_{t-1} = β_t
+        # cancels catastrophically in float32 (β_t ~ 1e-4 leaves ~3 significant digits)
+        self.alpha_bar_f64 = alpha_bar.tolist()
 
     @classmethod
     def create(cls, kind: str = "linear", num_timesteps: int = 1000, beta_start: float = 1e-4,

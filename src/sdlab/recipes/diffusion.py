@@ -3,7 +3,7 @@ class-conditional with classifier-free guidance, from one config.
 
     from sdlab.recipes import DiffusionRun, train_diffusion
     trained = train_diffusion(DiffusionRun(train=TrainConfig(epochs=1, save_dir="runs/ddpm")))
-    images = trained.pipeline(16, sampler="ddim", steps=50)        # (16, 3, 32, 32) in [-1, 1]
+    images = trained.pipeline(16, sampler="dpmpp_2m", sample_steps=15)        # (16, 3, 32, 32) in [-1, 1]
 
 Evaluation (what `sdlab-eval-diffusion` uses): `stratified_timesteps` for the bits/dim bound.
 """
@@ -103,7 +103,7 @@ class SampleGrid:
         num = num or self.run.sampler.num_samples
         g = torch.Generator(self.pipe.device).manual_seed(0)
         return self.pipe(num, labels=self.labels(num), generator=g, trajectory=trajectory,
-                         guidance_scale=self.run.guidance.guidance_scale, **self.run.sampler.kwargs())
+                         guidance_scale=self.run.guidance.guidance_scale, sampler=self.run.sampler)
 
     def __call__(self, trainer: Trainer) -> None:
         self.pipe.model = trainer.eval_model
@@ -133,9 +133,8 @@ def write_figures(grids: SampleGrid, history, val: torch.Tensor, val_labels, sav
         latent_pipeline(trajectory, pipe.decode, out / "latent_pipeline.png")
         written.append("latent_pipeline.png")
     if pipe.classes:
-        kwargs = run.sampler.kwargs()
-        class_grid(pipe, out / "class_grid.png", run.guidance.guidance_scale, **kwargs)
-        guidance_sweep(pipe, out / "guidance_sweep.png", **kwargs)
+        class_grid(pipe, out / "class_grid.png", run.guidance.guidance_scale, sampler=run.sampler)
+        guidance_sweep(pipe, out / "guidance_sweep.png", sampler=run.sampler)
         written += ["class_grid.png", "guidance_sweep.png"]
     print(f"figures written to {out}: {' '.join(written)}")
 
@@ -212,7 +211,7 @@ def train_diffusion(run: DiffusionRun) -> Trained:
     metrics = None
     if run.quality.eval_every:      # rank 0 scores (decoded) images against the real pixels
         metrics = (Scorer(run.quality, device).during_training(pipe, run.data, train_cfg.save_dir,
-                                                               run.guidance.guidance_scale, run.sampler.kwargs())
+                                                               run.guidance.guidance_scale, run.sampler)
                    if dist.is_main else lambda trainer: {})
     trainer = Trainer(model, loss_fn, train_loader, val_loader, train_cfg, run_config=run_config,
                       device=device, epoch_hook=grids, frozen=frozen, dist=dist, epoch_metrics=metrics)
@@ -226,7 +225,7 @@ def train_diffusion(run: DiffusionRun) -> Trained:
 
 
 def stratified_timesteps(num_timesteps: int, k: int, generator: torch.Generator) -> torch.Tensor:
-    """One timestep drawn uniformly in each of k equal strata of [1, T) (L_0 is always exact)."""
+    """One timestep drawn uniformly in each of k equal strata of [1, T) (L_0 is always computed)."""
     edges = torch.linspace(1, num_timesteps, k + 1)
     picks = edges[:-1] + torch.rand(k, generator=generator) * (edges[1:] - edges[:-1])
     return picks.floor().long().clamp(1, num_timesteps - 1)

@@ -2,7 +2,7 @@
 compare with a real split (its features cached), and, for class-conditional samples, check that
 a classifier sees the class that was asked for. What `sdlab-eval-samples` runs.
 
-    images, labels = draw_samples(pipe, 1000, balanced=True, sampler="ddim", steps=50)
+    images, labels = draw_samples(pipe, 1000, balanced=True, sampler="dpmpp_2m", sample_steps=15)
     result = evaluate_samples(to_uint8(images), labels, data_cfg, QualityConfig(classifier=...))
 """
 
@@ -17,10 +17,11 @@ import torch
 from ..checkpoint import read_cache, save_checkpoint, state_digest
 from ..config import option, require, require_choice
 from ..data import IMAGE_EXTENSIONS, DataConfig, DataError, decode_image, load_splits, to_uint8
+from ..diffusion import SamplerConfig
 from ..latent import cache_key
 from ..pipeline import DiffusionPipeline
 from ..quality import INCEPTION_FILE, ClassifierFeatures, InceptionFeatures, frechet_distance, kernel_distance
-from ..runtime import autocast
+from ..runtime import autocast, default_precision
 from .classifier import load_classifier
 
 FEATURES = ("classifier", "inception")
@@ -53,22 +54,25 @@ class QualityConfig:
 @torch.no_grad()
 def draw_samples(pipe: DiffusionPipeline, num: int, *, labels: torch.Tensor | None = None,
                  balanced: bool = False, guidance_scale: float = 1.0, seed: int = 0, batch_size: int = 256,
-                 precision: str = "fp32", progress: bool = False, **sampler) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 precision: str = "auto", progress: bool = False, sampler: SamplerConfig | str | None = None,
+                 **options) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`num` images (num, C, H, W) in [-1, 1] on the CPU, in batches, from one seeded generator.
 
     labels: the class of each image (class-conditional models); `balanced` instead asks for
-    classes 0, 1, ..., K-1, 0, ... Returns the images and the labels used (None: unconditional).
+    classes 0, 1, ..., K-1, 0, ... sampler, options: as for the pipeline (a SamplerConfig or a
+    name, plus field overrides). precision: fp32 or bf16 autocast, or auto (the device's,
+    `runtime.default_precision`). Returns the images and the labels used (None: unconditional).
     """
     device = pipe.device
     if balanced and pipe.classes:
         labels = torch.arange(num) % len(pipe.classes)
     g = torch.Generator(device).manual_seed(seed)
     chunks = []
-    with autocast(device, precision):
+    with autocast(device, default_precision(device) if precision == "auto" else precision):
         for start in range(0, num, batch_size):
             part = None if labels is None else labels[start:start + batch_size].to(device)
             chunks.append(pipe(min(batch_size, num - start), labels=part, guidance_scale=guidance_scale,
-                               generator=g, progress=progress, **sampler).float().cpu())
+                               generator=g, progress=progress, sampler=sampler, **options).float().cpu())
     return torch.cat(chunks), labels
 
 
@@ -168,7 +172,7 @@ class Scorer:
         return result
 
     def during_training(self, pipe: DiffusionPipeline, data: DataConfig, cache_dir: str | Path,
-                        guidance_scale: float, sampler: dict):
+                        guidance_scale: float, sampler: SamplerConfig):
         """The trainer's `epoch_metrics`: every `eval_every` epochs, `eval_samples` images drawn
         with seed 0 by the EMA weights, scored as {"eval/fd_classifier" or "eval/fid",
         "eval/kid", and "eval/accuracy" for class-conditional models}."""
@@ -179,7 +183,7 @@ class Scorer:
                 return {}
             pipe.model = trainer.eval_model
             images, labels = draw_samples(pipe, self.cfg.eval_samples, balanced=True,
-                                          guidance_scale=guidance_scale, **sampler)
+                                          guidance_scale=guidance_scale, sampler=sampler)
             result = self.score(to_uint8(images), data, cache_dir, labels, pipe.classes)
             found = {name: result["fd"], "eval/kid": result["kid"]}
             if "accuracy" in result:
