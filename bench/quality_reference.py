@@ -5,7 +5,7 @@
 Scores real images as if they were samples, against the training split (the reference every
 row shares): the test split (what a perfect generator would get at this n), the test split
 blurred by 2x (bilinear down to half size and back up), the test split with its pixels
-shuffled within each image, and with --vae the VAE's reconstructions of the test split (decoded
+shuffled within each image (--num-images of them), and with --vae the VAE's reconstructions of the test split (decoded
 posterior means: the best a latent diffusion model on that VAE can do). Prints FD-classifier, KID-classifier and the classifier's accuracy
 on each, and the seconds to score 10,000 images with the reference features cached (features
 of the 10,000 images, Fréchet distance and KID; sampling excluded).
@@ -20,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sdlab.data import DataConfig, load_splits, to_uint8, to_unit_range
+from sdlab.data import DataConfig, ImageSet, load_splits, to_uint8, to_unit_range
 from sdlab.latent import decode_latents, encode_images
 from sdlab.pipeline import load_vae
 from sdlab.recipes.quality import QualityConfig, Scorer
@@ -50,10 +50,15 @@ def main() -> None:
     parser.add_argument("--classifier", required=True)
     parser.add_argument("--vae", default=None, help="also score this VAE's reconstructions of the test split")
     parser.add_argument("--cache-dir", default=None, help="reference features cache (default: a temp dir)")
+    parser.add_argument("--num-images", type=int, default=10000, help="test images scored per row (the first N "
+                        "of a fixed permutation), to match the n of generated rows")
     args = parser.parse_args()
     torch.set_num_threads(2)
     data = DataConfig(dataset="folder", data_dir=args.data_dir)
     test = load_splits(data, seed=0).test
+    if args.num_images < len(test):
+        keep = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:args.num_images]
+        test = ImageSet(test.images[keep], test.labels[keep], test.classes)
     scorer = Scorer(QualityConfig(classifier=args.classifier), torch.device("cpu"))
     with tempfile.TemporaryDirectory() as temp:
         cache = args.cache_dir or temp
