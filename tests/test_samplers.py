@@ -211,6 +211,8 @@ def test_samplers_with_the_exact_denoiser_cover_every_mode_of_a_ring(name):
 def test_the_2d_sampler_figure_is_drawn(tmp_path):
     configs = {name: SamplerConfig(sampler=name, sample_steps=4, clip=False) for name in ("ddim", "dpmpp_2m")}
     ring, schedule = GaussianMixture.ring(), NoiseSchedule.create("linear", 50)
-    path = sampler_paths_2d(ring.denoiser(schedule), schedule, ring.sample(50), configs, tmp_path / "paths.png",
-                            num_points=50, num_paths=3)
+    path = tmp_path / "paths.png"
+    samples = sampler_paths_2d(ring.denoiser(schedule), schedule, ring.sample(50), configs, path,
+                               num_points=50, num_paths=3)
     assert path.stat().st_size > 0
+    assert set(samples) == set(configs) and samples["ddim"].shape == (50, 2)

@@ -197,18 +197,20 @@ def loss_by_timestep(model, schedule, cfg, images: torch.Tensor, path: str | Pat
 
 @torch.no_grad()
 def sampler_paths_2d(denoiser, schedule, data: torch.Tensor, configs: dict, path: str | Path,
-                     num_points: int = 2000, num_paths: int = 12, seed: int = 0) -> Path:
+                     num_points: int = 2000, num_paths: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
     """One panel per sampler on 2-D data: the data (grey), the samples of `num_points` starts
     (blue) and the x_t paths of the first `num_paths` of them, every panel from the same starts.
-    `denoiser` is a trained toy model or a mixture's exact one (`toy`)."""
+    `denoiser` is a trained toy model or a mixture's exact one (`toy`). Returns the samples
+    (num_points, 2) of each config, by name, for scoring."""
     import matplotlib.pyplot as plt
 
     x_T = torch.randn(num_points, 2, generator=torch.Generator().manual_seed(seed))
     fig, axes = plt.subplots(1, len(configs), figsize=(3.2 * len(configs), 3.4), squeeze=False)
+    samples = {}
     for ax, (name, cfg) in zip(axes[0], configs.items()):
         trajectory = Trajectory()
-        out = sample(denoiser, schedule, x_T.shape, cfg, x_T=x_T.clone(), trajectory=trajectory,
-                     generator=torch.Generator().manual_seed(seed + 1))
+        out = samples[name] = sample(denoiser, schedule, x_T.shape, cfg, x_T=x_T.clone(), trajectory=trajectory,
+                                     generator=torch.Generator().manual_seed(seed + 1))
         ax.scatter(data[:, 0], data[:, 1], s=2, color="0.75", label="data")
         ax.scatter(out[:, 0], out[:, 1], s=2, color="tab:blue", label="samples")
         paths = torch.stack([*trajectory.xt, out])[:, :num_paths]                      # (steps + 1, n, 2)
@@ -218,7 +220,8 @@ def sampler_paths_2d(denoiser, schedule, data: torch.Tensor, configs: dict, path
         _square(ax)
     axes[0, 0].legend(fontsize=7, loc="lower left", markerscale=3)
     fig.suptitle("x_t paths (red) from the same starts, and the samples (blue) over the data (grey)", fontsize=10)
-    return save_figure(fig, path)
+    save_figure(fig, path)
+    return samples
 
 
 def _square(ax, limit: float = 3.2) -> None:

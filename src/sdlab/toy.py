@@ -93,8 +93,10 @@ class GaussianMixture:
                 weights = self.weights[None] * member
                 weights = weights / weights.sum(1, keepdim=True)
             x0 = self.posterior_mean(xt / ab.sqrt(), sigma, weights).to(xt.dtype)
-            eps = (xt - ab.sqrt() * x0) / (1 - ab).sqrt()
-            return {"x0": x0, "eps": eps, "v": ab.sqrt() * eps - (1 - ab).sqrt() * x0}[prediction]
+            if prediction == "x0":
+                return x0
+            eps = schedule.predict_eps(xt, t, x0)
+            return eps if prediction == "eps" else schedule.v_target(x0, t, eps)
         return network
 
 

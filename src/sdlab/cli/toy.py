@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import time
 
-import torch
-
-from ..diffusion import SAMPLERS, SamplerConfig, sample
+from ..diffusion import SAMPLERS, SamplerConfig
 from ..figures import sampler_paths_2d, toy_forward_process, toy_guidance, toy_score_fields
 from ..outputs import writable_dir
 from ..toy import GaussianMixture, ToyConfig, draw_toy, eps_error, train_toy
@@ -49,25 +47,24 @@ def main(argv=None) -> None:
     configs = {"ddpm": SamplerConfig(sampler="ddpm", clip=False)}
     for name in ("ddim", "euler_a", "heun", "dpmpp_2m"):
         configs[name] = SamplerConfig(sampler=name, sample_steps=SAMPLERS[name].steps_for(args.nfe), clip=False)
-    written = [toy_forward_process(data, trained.schedule, out / "forward_process.png"),
-               sampler_paths_2d(trained.model, trained.schedule, data, configs, out / "sampler_paths.png")]
+    toy_forward_process(data, trained.schedule, out / "forward_process.png")
+    drawn = {"trained": sampler_paths_2d(trained.model, trained.schedule, data, configs, out / "sampler_paths.png")}
+    written = ["forward_process.png", "sampler_paths.png"]
     if cfg.data == "ring":
         ring = GaussianMixture.ring()
         errors = {t: eps_error(trained.model, ring, trained.schedule, t) for t in (50, 200, 500)}
         print("relative error of the trained eps (= score) against the exact one: "
               + ", ".join(f"t = {t}: {e:.3f}" for t, e in errors.items()))
-        x_T = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0))
-        for name, cfg in configs.items():
-            for label, net in (("trained", trained.model), ("exact", ring.denoiser(trained.schedule))):
-                drawn = sample(net, trained.schedule, x_T.shape, cfg, x_T=x_T.clone(),
-                               generator=torch.Generator().manual_seed(1))
-                print(f"  {cfg.describe(trained.schedule):36s} {label:7s} denoiser: "
-                      f"{ring.near_modes(drawn):6.1%} of samples within 3 std of a mode")
-        written += [toy_score_fields(trained.model, ring, trained.schedule, out / "score_fields.png"),
-                    sampler_paths_2d(ring.denoiser(trained.schedule), trained.schedule, data, configs,
-                                     out / "sampler_paths_exact.png"),
-                    toy_guidance(ring, trained.schedule, out / "guidance.png")]
-    print("wrote " + ", ".join(str(p) for p in written))
+        drawn["exact"] = sampler_paths_2d(ring.denoiser(trained.schedule), trained.schedule, data, configs,
+                                          out / "sampler_paths_exact.png")
+        toy_score_fields(trained.model, ring, trained.schedule, out / "score_fields.png")
+        toy_guidance(ring, trained.schedule, out / "guidance.png")
+        written += ["sampler_paths_exact.png", "score_fields.png", "guidance.png"]
+        for name, sampler in configs.items():            # the samples of the figures, scored
+            for label, samples in drawn.items():
+                print(f"  {sampler.describe(trained.schedule):36s} {label:7s} denoiser: "
+                      f"{ring.near_modes(samples[name]):6.1%} of samples within 3 std of a mode")
+    print(f"wrote {out}: " + ", ".join(written))
 
 
 if __name__ == "__main__":

@@ -103,7 +103,8 @@ def sampling_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "unif
     elif spacing == "quadratic":
         grid = torch.linspace((T - 1) ** 0.5, 0, steps) ** 2
     elif spacing == "karras":
-        log_sigmas = (0.5 * torch.log((1 - schedule.alpha_bar.double()) / schedule.alpha_bar.double())).cpu()
+        alpha_bar = torch.tensor(schedule.alpha_bar_f64, dtype=torch.float64)
+        log_sigmas = 0.5 * torch.log((1 - alpha_bar) / alpha_bar)
         wanted = karras_sigmas(log_sigmas[0].exp().item(), log_sigmas[-1].exp().item(), steps).log()
         grid = (wanted[:, None] - log_sigmas[None, :]).abs().argmin(1).double()
     else:

@@ -131,51 +131,60 @@ class DDIM(Sampler):
         return (out + sigma * noise(x) if sigma > 0 else out), x0
 
 
-@register
-class Euler(Sampler):
-    """Euler's method on the probability-flow ODE in σ (first order; equal to DDIM with eta = 0)."""
+class SigmaSampler(Sampler):
+    """A sampler that steps x̃ = x_t / sqrt(ᾱ_t) in σ. Every one of them ends the same way: the
+    last step, to σ = 0, lands on the predicted x0 (x̃ + (0 - σ) eps = x0), returned exactly."""
 
-    name, help, spacing = "euler", "Euler on the probability-flow ODE, Karras sigmas (EDM)", "karras"
+    spacing = "karras"
 
     def step(self, net, x, t, t_next, noise):
         eps, x0 = net(x, t)
-        if t_next < 0:            # x̃ + (0 - σ) eps = x0: return it exactly, not up to rounding
+        if t_next < 0:
             return x0, x0
-        s, s_next = net.sigma(t), net.sigma(t_next)
-        x_tilde = x / net.scale(t)
-        # EDM eq. (3) with one Euler step: x̃_next = x̃ + (σ_next - σ) eps
-        return (x_tilde + (s_next - s) * eps) * net.scale(t_next), x0
+        x_next = self.move(net, x / net.scale(t), eps, x0, t, t_next, noise)
+        return x_next * net.scale(t_next), x0
+
+    def move(self, net: ScheduleDenoiser, x_tilde: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor,
+             t: int, t_next: int, noise: Noise) -> torch.Tensor:
+        """x̃ at σ_{t_next} from x̃ at σ_t, given the network's (eps, x0) there (t_next >= 0)."""
+        raise NotImplementedError
 
 
 @register
-class EulerAncestral(Sampler):
+class Euler(SigmaSampler):
+    """Euler's method on the probability-flow ODE in σ (first order; equal to DDIM with eta = 0)."""
+
+    name, help = "euler", "Euler on the probability-flow ODE, Karras sigmas (EDM)"
+
+    def move(self, net, x_tilde, eps, x0, t, t_next, noise):
+        # EDM eq. (3) with one Euler step: x̃_next = x̃ + (σ_next - σ) eps
+        return x_tilde + (net.sigma(t_next) - net.sigma(t)) * eps
+
+
+@register
+class EulerAncestral(SigmaSampler):
     """Euler step down to σ_down, then fresh noise of size σ_up, so the marginal at σ_next is right.
 
     σ_up^2 = σ_next^2 (σ^2 - σ_next^2) / σ^2 and σ_down^2 = σ_next^2 - σ_up^2: the same split
     as DDIM's eq. (16) with eta = 1 written in x̃, so the two samplers coincide on one grid.
     """
 
-    name, help, spacing = "euler_a", "Euler-ancestral (eta = 1), Karras sigmas", "karras"
+    name, help = "euler_a", "Euler-ancestral (eta = 1), Karras sigmas"
 
-    def step(self, net, x, t, t_next, noise):
-        eps, x0 = net(x, t)
-        if t_next < 0:            # σ_up = σ_down = 0: the step lands on x0
-            return x0, x0
+    def move(self, net, x_tilde, eps, x0, t, t_next, noise):
         s, s_next = net.sigma(t), net.sigma(t_next)
         s_up = s_next * math.sqrt(max(s**2 - s_next**2, 0.0)) / s
         s_down = math.sqrt(max(s_next**2 - s_up**2, 0.0))
-        x_tilde = x / net.scale(t) + (s_down - s) * eps
-        if s_up > 0:
-            x_tilde = x_tilde + s_up * noise(x)
-        return x_tilde * net.scale(t_next), x0
+        x_tilde = x_tilde + (s_down - s) * eps
+        return x_tilde + s_up * noise(x_tilde) if s_up > 0 else x_tilde
 
 
 @register
-class Heun(Sampler):
+class Heun(SigmaSampler):
     """Heun's method (EDM Algorithm 1 without churn): an Euler step, then the trapezoid of the
     slopes at both ends; the last step (to σ = 0) is plain Euler. Second order, 2n - 1 NFE."""
 
-    name, help, spacing, order = "heun", "Heun, 2nd order, 2 NFE per step (EDM Algorithm 1)", "karras", 2
+    name, help, order = "heun", "Heun, 2nd order, 2 NFE per step (EDM Algorithm 1)", 2
 
     @classmethod
     def evaluations(cls, steps):
@@ -185,20 +194,15 @@ class Heun(Sampler):
     def steps_for(cls, nfe):
         return (nfe + 1) // 2
 
-    def step(self, net, x, t, t_next, noise):
-        eps, x0 = net(x, t)
-        if t_next < 0:            # the last step is Euler's, which lands on x0 (EDM Alg. 1 line 6)
-            return x0, x0
-        s, s_next = net.sigma(t), net.sigma(t_next)
-        x_tilde = x / net.scale(t)
-        x_next = x_tilde + (s_next - s) * eps                            # EDM Alg. 1 line 5
-        eps_next, _ = net(x_next * net.scale(t_next), t_next)           # slope at the far end
-        x_next = x_tilde + (s_next - s) * 0.5 * (eps + eps_next)          # EDM Alg. 1 line 8
-        return x_next * net.scale(t_next), x0
+    def move(self, net, x_tilde, eps, x0, t, t_next, noise):
+        ds = net.sigma(t_next) - net.sigma(t)
+        x_euler = x_tilde + ds * eps                                       # EDM Alg. 1 line 5
+        eps_next, _ = net(x_euler * net.scale(t_next), t_next)            # slope at the far end
+        return x_tilde + ds * 0.5 * (eps + eps_next)                       # EDM Alg. 1 line 8
 
 
 @register
-class DPMSolverPP2M(Sampler):
+class DPMSolverPP2M(SigmaSampler):
     """DPM-Solver++(2M) (Lu et al., arXiv:2211.01095, Algorithm 2): data prediction, multistep.
 
     With λ = -log σ and h = λ_next - λ, the exact solution of the ODE's linear part gives
@@ -208,16 +212,13 @@ class DPMSolverPP2M(Sampler):
     The first step has no history and the last (to σ = 0, h = inf) returns D: both first order.
     """
 
-    name, help, spacing, order = "dpmpp_2m", "DPM-Solver++(2M), 2nd order multistep, Karras sigmas", "karras", 2
+    name, help, order = "dpmpp_2m", "DPM-Solver++(2M), 2nd order multistep, Karras sigmas", 2
 
     def __init__(self, eta: float = 0.0, variance: str = "beta"):
         super().__init__(eta, variance)
         self.previous = None       # (x0, h) of the step before
 
-    def step(self, net, x, t, t_next, noise):
-        _, x0 = net(x, t)
-        if t_next < 0:
-            return x0, x0
+    def move(self, net, x_tilde, eps, x0, t, t_next, noise):
         s, s_next = net.sigma(t), net.sigma(t_next)
         h = math.log(s / s_next)
         denoised = x0
@@ -226,6 +227,4 @@ class DPMSolverPP2M(Sampler):
             r = h_before / h
             denoised = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_before
         self.previous = (x0, h)
-        x_tilde = x / net.scale(t)
-        x_tilde = (s_next / s) * x_tilde - math.expm1(-h) * denoised
-        return x_tilde * net.scale(t_next), x0
+        return (s_next / s) * x_tilde - math.expm1(-h) * denoised
