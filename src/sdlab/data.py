@@ -6,8 +6,10 @@ converted to float in [-1, 1] on the target device, with no per-sample Python. T
 `visualize` are the only places that convert between uint8 and [-1, 1].
 
 Datasets: cifar10 (torchvision), fashion-mnist, mnist (torchvision), folder (image files laid out
-`train/<class>/*` and `test/<class>/*`, or one `<class>/*` tree split with a seed), synthetic
-(procedural coloured shapes on textured backgrounds, for tests and offline demos).
+`train/<class>/*` and `test/<class>/*`, or one `<class>/*` tree split with a seed; or images with
+captions listed in a `metadata.jsonl`, Hugging Face's image-folder layout), synthetic
+(procedural coloured shapes on textured backgrounds, for tests and offline demos), scenes
+(synthetic captioned scenes, `scenes.py`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from .checkpoint import read_cache, remove_stale_temporaries, save_checkpoint
 from .config import option, require, require_choice, require_finite
 from .errors import UserError
 
-DATASETS = ("cifar10", "fashion-mnist", "mnist", "folder", "synthetic")
+DATASETS = ("cifar10", "fashion-mnist", "mnist", "folder", "synthetic", "scenes")
+METADATA = "metadata.jsonl"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -51,7 +54,7 @@ class DataConfig:
     hflip: bool = option(True, "random horizontal flips of training batches")
     val_fraction: float = option(0.1, "held-out share of a folder that has no train/test split")
     num_workers: int = option(2, "threads decoding image files (folder dataset)")
-    synthetic_size: int = option(2000, "training images of the synthetic dataset")
+    synthetic_size: int = option(2000, "training images of the synthetic and scenes datasets")
     gpu_cache: bool = option(False, "keep the uint8 dataset on the GPU when training there")
 
     def __post_init__(self):
@@ -66,13 +69,16 @@ class DataConfig:
 
 @dataclass
 class ImageSet:
-    """A decoded split: images (N, C, H, W) uint8, labels (N,) int64, class names.
+    """A decoded split: images (N, C, H, W) uint8, labels (N,) int64, class names, and the
+    captions where the dataset has them (scenes, a folder with metadata.jsonl).
 
-    Latent diffusion reuses it for VAE latents: then `images` are float, already scaled."""
+    Latent diffusion reuses it for VAE latents: then `images` are float, already scaled. A
+    text-conditioned run replaces the labels by the captions' token ids (N, L)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     classes: tuple[str, ...]
+    captions: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -104,10 +110,13 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 def load_splits(cfg: DataConfig, seed: int = 0) -> Splits:
     """Decode `cfg.dataset` into memory at `cfg.image_size`. Raises DataError with a fix."""
-    if cfg.dataset == "synthetic":
+    if cfg.dataset in ("synthetic", "scenes"):
+        from .scenes import make_scenes
+
+        make = make_synthetic if cfg.dataset == "synthetic" else make_scenes
         n_test = max(cfg.synthetic_size // 5, 1)
-        splits = Splits(make_synthetic(cfg.synthetic_size, cfg.image_size, seed=0),
-                        make_synthetic(n_test, cfg.image_size, seed=1))
+        splits = Splits(make(cfg.synthetic_size, cfg.image_size, seed=0),
+                        make(n_test, cfg.image_size, seed=1))
     elif cfg.dataset == "folder":
         splits = _load_folder(Path(cfg.data_dir), cfg, seed)
     else:
@@ -161,6 +170,8 @@ def _load_folder(root: Path, cfg: DataConfig, seed: int) -> Splits:
     if not root.is_dir():
         raise DataError(f"--data-dir {root} does not exist; point it at a folder of "
                         "train/<class>/*.png and test/<class>/*.png (or <class>/*.png)")
+    if (root / METADATA).is_file() or (root / "train" / METADATA).is_file():
+        return _load_captioned_folder(root, cfg, seed)
     halves = [name for name in ("train", "test") if (root / name).is_dir()]
     if len(halves) == 1:
         other = {"train": "test", "test": "train"}[halves[0]]
@@ -171,12 +182,45 @@ def _load_folder(root: Path, cfg: DataConfig, seed: int) -> Splits:
             raise DataError(f"--data-dir {root}: train/ and test/ hold different class folders; "
                             "give both the same <class>/ folders")
         return Splits(*(_decode_tree(root / s, cfg) for s in ("train", "test")))
-    everything = _decode_tree(root, cfg)
+    return _split(_decode_tree(root, cfg), cfg.val_fraction, seed)
+
+
+def _split(everything: ImageSet, val_fraction: float, seed: int) -> Splits:
+    """A seeded random split of one set into training and held-out images."""
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(everything), generator=g)
-    n_test = max(1, int(round(cfg.val_fraction * len(everything))))
-    pick = lambda idx: ImageSet(everything.images[idx], everything.labels[idx], everything.classes)
+    n_test = max(1, int(round(val_fraction * len(everything))))
+    captions = everything.captions
+
+    def pick(idx: torch.Tensor) -> ImageSet:
+        return ImageSet(everything.images[idx], everything.labels[idx], everything.classes,
+                        None if captions is None else tuple(captions[i] for i in idx.tolist()))
+
     return Splits(pick(order[n_test:]), pick(order[:n_test]))
+
+
+def _load_captioned_folder(root: Path, cfg: DataConfig, seed: int) -> Splits:
+    """Images with captions: ROOT/metadata.jsonl (split with --val-fraction) or
+    ROOT/train/metadata.jsonl and ROOT/test/metadata.jsonl; each line {"file_name", "text"},
+    file names relative to the metadata file's folder."""
+    if (root / "train" / METADATA).is_file():
+        if not (root / "test" / METADATA).is_file():
+            raise DataError(f"--data-dir {root} has train/{METADATA} but no test/{METADATA}: add one, "
+                            f"or put a single {METADATA} in {root} to split with --val-fraction")
+        return Splits(*(_decode_captioned(root / s, cfg) for s in ("train", "test")))
+    return _split(_decode_captioned(root, cfg), cfg.val_fraction, seed)
+
+
+def _decode_captioned(folder: Path, cfg: DataConfig) -> ImageSet:
+    from .captions import read_metadata
+
+    entries = read_metadata(folder / METADATA)
+    files = [folder / name for name, _ in entries]
+    with ThreadPoolExecutor(max(cfg.num_workers, 1)) as pool:
+        arrays = list(pool.map(lambda f: decode_image(f, cfg.image_size), files, chunksize=256))
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return ImageSet(images, torch.zeros(len(files), dtype=torch.int64), ("image",),
+                    tuple(text for _, text in entries))
 
 
 def _decode_tree(root: Path, cfg: DataConfig) -> ImageSet:

@@ -297,3 +297,97 @@ def toy_guidance(mixture, schedule, path: str | Path, scales=(0, 1, 3, 7), num_p
         _square(ax)
     fig.suptitle("guidance toward class 0 (upper half), exact denoisers; grey: all data", fontsize=10)
     return save_figure(fig, path)
+
+
+# ---------------------------------------------------------------- text-to-image
+
+@torch.no_grad()
+def prompt_grid(pipe, prompts: list[str], path: str | Path, guidance_scale: float, seeds: int = 8,
+                sampler: SamplerConfig | str | None = None) -> Path:
+    """One row per prompt, one column per seed (the same starting noise down each column)."""
+    rows = [pipe(seeds, prompt=p, guidance_scale=guidance_scale, sampler=sampler,
+                 generator=torch.Generator(pipe.device).manual_seed(0)) for p in prompts]
+    return save_labelled_rows(rows, prompts, path, columns=[f"seed {i}" for i in range(seeds)],
+                              title=f"prompts (rows) x starting noise (columns), w = {guidance_scale:g}")
+
+
+@torch.no_grad()
+def cross_attention_maps(pipe, prompt: str, path: str | Path, guidance_scale: float, columns: int = 6,
+                         sampler: SamplerConfig | str = "ddim", sample_steps: int = 25) -> Path:
+    """Where each word of `prompt` is looked at: the cross-attention weight of every image
+    position on the word, averaged over heads and over the U-Net's cross-attention layers
+    (each upsampled to the image size), at evaluations spread over the denoising run."""
+    import matplotlib.pyplot as plt
+    import torch.nn.functional as F
+
+    layers = pipe.model.cross_attentions()
+    for layer in layers:
+        layer.record = []
+    try:
+        trajectory = Trajectory()
+        image = pipe(1, prompt=prompt, guidance_scale=guidance_scale, trajectory=trajectory,
+                     generator=torch.Generator(pipe.device).manual_seed(0), sampler=sampler,
+                     sample_steps=sample_steps)
+        records = [layer.record for layer in layers]
+    finally:
+        for layer in layers:
+            layer.record = None
+    side = image.shape[-1]
+    words = pipe.tokenizer.decode(pipe.tokenizer.encode(prompt)[0]).split()
+    evaluations = len(records[0])
+    picks = torch.linspace(0, evaluations - 1, min(columns, evaluations)).round().long().tolist()
+    maps = []                                                      # per pick: (L, side, side)
+    for e in picks:
+        per_layer = []
+        for record in records:
+            weights = record[e][0].mean(0)                         # conditional half, mean over heads: (HW, L)
+            res = int(weights.shape[0] ** 0.5)
+            grid_ = weights.T.reshape(-1, 1, res, res)
+            per_layer.append(F.interpolate(grid_, size=(side, side), mode="bilinear", align_corners=False)[:, 0])
+        maps.append(torch.stack(per_layer).mean(0))
+    same_steps = evaluations == len(trajectory.timesteps)
+    fig, axes = plt.subplots(len(words), len(picks) + 1, figsize=(1.3 * (len(picks) + 1), 1.3 * len(words)),
+                             squeeze=False)
+    picture = ((image[0].permute(1, 2, 0).cpu() + 1) / 2).clamp(0, 1).numpy()
+    for r, word in enumerate(words):
+        axes[r, 0].imshow(picture, interpolation="nearest")
+        axes[r, 0].set_ylabel(word, rotation=0, ha="right", va="center", fontsize=10)
+        for c, e in enumerate(picks):
+            axes[r, c + 1].imshow(maps[c][r + 1].numpy(), cmap="viridis", interpolation="bilinear")  # token 0 is BOS
+            if r == 0:
+                axes[r, c + 1].set_title(f"t = {trajectory.timesteps[e]}" if same_steps else f"eval {e + 1}", fontsize=9)
+    axes[0, 0].set_title("sample", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f'cross-attention per word: "{prompt}"', fontsize=10)
+    return save_figure(fig, path)
+
+
+@torch.no_grad()
+def img2img_sweep(pipe, images: torch.Tensor, prompts: list[str], path: str | Path, guidance_scale: float,
+                  strengths=(0.0, 0.25, 0.5, 0.75, 1.0), sampler: SamplerConfig | str | None = None) -> Path:
+    """SDEdit: each init image (row) noised to strength x T and denoised toward its row's prompt."""
+    rows = []
+    for image, prompt in zip(images, prompts):
+        outs = [pipe(1, prompt=prompt, init_image=image[None], strength=s, guidance_scale=guidance_scale,
+                     sampler=sampler, generator=torch.Generator(pipe.device).manual_seed(0)) for s in strengths]
+        rows.append(torch.cat([image[None].to(outs[0].device), *outs]))
+    return save_labelled_rows(rows, [f'-> "{p}"' for p in prompts], path,
+                              columns=["init", *[f"s = {s:g}" for s in strengths]],
+                              title="img2img (SDEdit): strength 0 keeps the image, 1 ignores it")
+
+
+@torch.no_grad()
+def inpainting_example(pipe, images: torch.Tensor, prompts: list[str], mask: torch.Tensor, path: str | Path,
+                       guidance_scale: float, seeds: int = 2, sampler: SamplerConfig | str | None = None) -> Path:
+    """One row per example: the input, the input with the masked region greyed out, and
+    inpaintings toward the row's prompt with `seeds` seeds (mask (1, 1, H, W), 1 = repaint)."""
+    images, mask = images.to(pipe.device), mask.to(pipe.device)
+    outs = [pipe(images.shape[0], prompt=prompts, init_image=images, mask=mask, guidance_scale=guidance_scale,
+                 sampler=sampler, generator=torch.Generator(pipe.device).manual_seed(seed)) for seed in range(seeds)]
+    rows = [torch.stack([image, image * (1 - mask[0]), *(out[i] for out in outs)])
+            for i, image in enumerate(images)]
+    return save_labelled_rows(rows, [f'"{p}"' for p in prompts], path,
+                              columns=["input", "masked", *[f"seed {s}" for s in range(seeds)]],
+                              title="inpainting: the masked region is generated for the prompt, the rest kept")

@@ -65,8 +65,8 @@ def encode_splits(vae, vae_sha256: str, train: ImageSet, test: ImageSet, device:
         mu_test = encode_images(vae, test.images, device)
         s = scale_factor(mu_train)
         save_checkpoint({"train": mu_train, "test": mu_test, "scale_factor": s}, path)
-    return (ImageSet(mu_train * s, train.labels, train.classes),
-            ImageSet(mu_test * s, test.labels, test.classes), s)
+    return (ImageSet(mu_train * s, train.labels, train.classes, train.captions),
+            ImageSet(mu_test * s, test.labels, test.classes, test.captions), s)
 
 
 def decode_latents(vae, z_scaled: torch.Tensor, scale: float) -> torch.Tensor:

@@ -1,9 +1,14 @@
-"""The generation pipeline: U-Net + scheduler (+ VAE decoder, + class guidance) -> images.
+"""The generation pipeline: U-Net + scheduler (+ VAE decoder, + class or prompt guidance) -> images.
 
 This is Stable Diffusion's inference path in miniature:
 
-    noise z_T ~ N(0, I)  --sampler (DDPM, DDIM, Euler, Heun, DPM-Solver++), U-Net eps(z_t, t, class), guidance-->  z_0
+    prompt --tokenizer, text encoder--> token states        (text-conditioned models)
+    noise z_T ~ N(0, I)  --sampler (DDPM, DDIM, Euler, Heun, DPM-Solver++), U-Net eps(z_t, t, class or prompt), guidance-->  z_0
     z_0 / s  --VAE decoder-->  image in [-1, 1]          (pixel models skip the decoder)
+
+and its two image-to-image uses: img2img (SDEdit, Meng et al., arXiv:2108.01073) starts the
+same loop from the init image noised to the timestep `strength` x T, and inpainting re-noises the
+known region to the current step after every step, so only the masked region is generated.
 
 `DiffusionPipeline.from_checkpoint` rebuilds everything from a train_diffusion.py checkpoint
 alone: latent checkpoints carry their VAE (config, weights and the weights' SHA-256), so they
@@ -25,6 +30,7 @@ from .diffusion import DiffusionConfig, NoiseSchedule, SamplerConfig, Trajectory
 from .diffusion.guidance import guided
 from .latent import decode_latents
 from .runtime import memory_format
+from .text import TextConditionedUNet, TextConfig, Tokenizer
 from .unet import UNet, UNetConfig
 from .vae import VAE, VAEConfig
 
@@ -99,13 +105,15 @@ class DiffusionPipeline:
     classes: tuple[str, ...] = ()     # non-empty for class-conditional models
     config: dict = field(default_factory=dict)   # the run config stored in the checkpoint
     layout: torch.memory_format | None = None    # None: the device's (runtime.memory_format)
+    tokenizer: Tokenizer | None = None            # text-conditioned models
 
     @classmethod
     def from_checkpoint(cls, path: str, device: torch.device) -> "DiffusionPipeline":
         """Rebuild U-Net (EMA weights when present), schedule and, for latent models, the VAE."""
         state = load_trained(path, device, "diffusion")
         config = state["config"]
-        model = UNet(from_stored(UNetConfig, config["unet"])).to(device)
+        model, tokenizer = build_denoiser(config)
+        model = model.to(device)
         load_weights(model, trained_weights(state), path)
         latent = config.get("latent_vae") or {}
         vae, carried = None, stored_vae(state, path)
@@ -117,7 +125,8 @@ class DiffusionPipeline:
             vae = load_vae(latent["vae_checkpoint"], device)[0]
         return cls(model.eval(), DiffusionConfig(**config["diffusion"]).make_schedule().to(device),
                    config["diffusion"]["prediction"], vae, latent.get("scale_factor", 1.0),
-                   tuple(config.get("classes") or ()) if config["unet"]["num_classes"] else (), config)
+                   tuple(config.get("classes") or ()) if config["unet"]["num_classes"] else (), config,
+                   tokenizer=tokenizer)
 
     @property
     def device(self) -> torch.device:
@@ -141,6 +150,12 @@ class DiffusionPipeline:
                                  f"or an id 0-{len(self.classes) - 1}")
         return ids
 
+    @property
+    def image_size(self) -> int:
+        """The side of the images it makes (pixels, after the decoder of a latent model)."""
+        latent = self.config.get("latent_vae") or {}
+        return latent.get("vae_image_size", self.sample_shape[-1]) if self.vae is not None else self.sample_shape[-1]
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Samples of the diffusion model -> images in [-1, 1] (through the VAE when latent)."""
         z = z.float().to(self.device)
@@ -148,30 +163,135 @@ class DiffusionPipeline:
             return z.clamp(-1, 1)
         return decode_latents(self.vae, z, self.scale_factor)
 
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> the space the model diffuses in (scaled posterior means when latent)."""
+        images = images.float().to(self.device)
+        if self.vae is None:
+            return images
+        with torch.no_grad():
+            return self.vae.encode(images).mode() * self.scale_factor
+
+    def tokens(self, prompts: str | list[str] | None, num: int) -> torch.Tensor:
+        """Prompt ids (num, L): one prompt for all, or one per image; None is the empty prompt."""
+        prompts = [prompts or ""] * num if prompts is None or isinstance(prompts, str) else list(prompts)
+        if len(prompts) != num:
+            raise ValueError(f"got {len(prompts)} prompts for {num} images; give one, or one per image")
+        return self.tokenizer.encode(prompts).to(self.device)
+
+    def conditions(self, num: int, labels, prompt, negative_prompt) -> tuple[torch.Tensor | None, int | torch.Tensor]:
+        """(condition, what guidance pushes away from) for a batch: prompt ids and the negative
+        (or empty) prompt's ids, or class ids and the null class, or (None, 0) unconditionally."""
+        if self.tokenizer is not None:
+            if labels is not None:
+                raise ValueError("this model is text-conditioned: give prompts, not class labels")
+            return self.tokens(prompt, num), self.tokens(negative_prompt, num)
+        if prompt is not None or negative_prompt is not None:
+            raise ValueError("this model is not text-conditioned (train with --text-cond); it takes no prompt")
+        if labels is not None and not self.classes:
+            raise ValueError("this model is not class-conditional (train with --class-cond)")
+        return labels, len(self.classes)
+
+    def known_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """A pixel mask (B or 1, 1, H, W), 1 = repaint, at the model's resolution: a latent cell
+        is kept only when every pixel it covers is kept."""
+        mask = (mask.float().to(self.device) > 0.5).float()
+        side = self.sample_shape[-1]
+        if mask.shape[-1] != side:
+            mask = torch.nn.functional.adaptive_max_pool2d(mask, side)
+        return mask
+
     @torch.no_grad()
-    def __call__(self, num: int, *, labels: torch.Tensor | None = None, guidance_scale: float = 1.0,
-                 generator: torch.Generator | None = None, trajectory: Trajectory | None = None,
-                 progress: bool = False, decode: bool = True, sampler: SamplerConfig | str | None = None,
-                 **options) -> torch.Tensor:
+    def __call__(self, num: int, *, labels: torch.Tensor | None = None, prompt: str | list[str] | None = None,
+                 negative_prompt: str | list[str] | None = None, guidance_scale: float = 1.0,
+                 init_image: torch.Tensor | None = None, strength: float | None = None,
+                 mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 trajectory: Trajectory | None = None, progress: bool = False, decode: bool = True,
+                 sampler: SamplerConfig | str | None = None, **options) -> torch.Tensor:
         """Generate `num` images (B, C, H, W) in [-1, 1] (or raw latents with decode=False).
 
-        labels: class ids (num,) for class-conditional models; guidance_scale w combines the
-        conditional and unconditional predictions (w = 1: plain conditional sampling).
+        labels: class ids (num,) for class-conditional models. prompt, negative_prompt: one
+        string or one per image, for text-conditioned models (None: the empty prompt).
+        guidance_scale w combines conditional and unconditional (or negative-prompt)
+        predictions (w = 1: plain conditional sampling).
+        init_image: images (num or 1, C, H, W) in [-1, 1] at `image_size` for img2img (SDEdit):
+        noised to timestep round(strength x (T - 1)) and denoised from there; strength 0 returns
+        it (through the VAE for latent models), strength 1 starts from pure noise and ignores
+        it (default 0.8). With `mask` (num or 1, 1, H, W; 1 = repaint): inpainting (default
+        strength 1); the kept region is re-noised to each step's timestep after every step, and
+        the kept pixels are pasted back into the decoded image.
         sampler: a SamplerConfig or a sampler name; `options` override its fields
         (pipe(16, sampler="dpmpp_2m", sample_steps=15)).
         """
         self.model.eval()
+        cond, uncond = self.conditions(num, labels, prompt, negative_prompt)
         denoiser = self.model
-        if self.classes and labels is not None and guidance_scale != 1.0:
-            denoiser = guided(self.model, labels, guidance_scale, len(self.classes))
-        elif labels is not None:
-            denoiser = lambda xt, t, _labels: self.model(xt, t, labels)
+        if cond is not None and guidance_scale != 1.0:
+            denoiser = guided(self.model, cond, guidance_scale, uncond)
+        elif cond is not None:
+            denoiser = lambda xt, t, _labels: self.model(xt, t, cond)
         cfg = sampler_config(sampler, **options)
         # latents are not confined to [-1, 1], so x0 clipping is for pixel models only
         cfg = dataclasses.replace(cfg, clip=cfg.clip and self.vae is None)
         layout = self.layout or memory_format(self.device, self.sample_shape[-1])
         self.model.to(memory_format=layout)
-        z = sample(denoiser, self.schedule, (num, *self.sample_shape), cfg, prediction=self.prediction,
-                   generator=generator, device=self.device, memory_format=layout, trajectory=trajectory,
-                   progress=progress)
-        return self.decode(z) if decode else z
+        shape = (num, *self.sample_shape)
+        start = {}
+        if init_image is not None:
+            start = self.image_start(shape, init_image, strength, mask, generator, layout)
+            if start.get("done") is not None:
+                return self.decode(start["done"]) if decode else start["done"]
+        elif mask is not None or strength is not None:
+            raise ValueError("mask and strength need an init_image")
+        z = sample(denoiser, self.schedule, shape, cfg, prediction=self.prediction, generator=generator,
+                   device=self.device, memory_format=layout, trajectory=trajectory, progress=progress,
+                   x_T=start.get("x_T"), t_start=start.get("t_start"), after_step=start.get("after_step"))
+        if not decode:
+            return z
+        images = self.decode(z)
+        if mask is not None:        # the kept pixels exactly, also through a VAE
+            repaint = (mask.float().to(self.device) > 0.5).float()
+            images = repaint * images + (1 - repaint) * init_image.float().to(self.device)
+        return images
+
+    def image_start(self, shape, init_image, strength, mask, generator, layout) -> dict:
+        """Where img2img and inpainting start: {"x_T", "t_start", "after_step"}, or {"done": x0}
+        when strength 0 leaves nothing to do."""
+        strength = (1.0 if mask is not None else 0.8) if strength is None else strength
+        if not 0 <= strength <= 1:
+            raise ValueError(f"strength must be in [0, 1] (got {strength})")
+        if tuple(init_image.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(f"init_image is {tuple(init_image.shape[-2:])}; this model makes "
+                             f"{self.image_size}x{self.image_size} images")
+        x0 = self.encode(init_image).expand(shape).contiguous(memory_format=layout)
+        if strength == 0:
+            return {"done": x0}
+        noise = torch.randn(shape, generator=generator, device=self.device).contiguous(memory_format=layout)
+        T = self.schedule.num_timesteps
+        t_start = round(strength * (T - 1)) if strength < 1 else None
+        x_T = noise if t_start is None else self.schedule.q_sample(x0, torch.full((shape[0],), t_start, device=self.device), noise)
+        out = {"x_T": x_T, "t_start": t_start}
+        if mask is not None:
+            repaint = self.known_mask(mask)
+
+            def after_step(x: torch.Tensor, t_next: int) -> torch.Tensor:
+                """Replace the kept region by the init image noised to t_next (q(x_t | x_0))."""
+                if t_next < 0:
+                    known = x0
+                else:
+                    eps = torch.randn(shape, generator=generator, device=self.device)
+                    known = self.schedule.q_sample(x0, torch.full((shape[0],), t_next, device=self.device), eps)
+                return repaint * x + (1 - repaint) * known
+
+            out["after_step"] = after_step
+            out["x_T"] = after_step(x_T, T - 1 if t_start is None else t_start)
+        return out
+
+
+def build_denoiser(config: dict) -> tuple[torch.nn.Module, Tokenizer | None]:
+    """The network a diffusion run config describes (U-Net, or text encoder + U-Net) and its
+    tokenizer (None unless text-conditioned)."""
+    unet_cfg = from_stored(UNetConfig, config["unet"])
+    if not (config.get("text") or {}).get("text_cond"):
+        return UNet(unet_cfg), None
+    tokenizer = Tokenizer.from_state(config["tokenizer"])
+    return TextConditionedUNet(unet_cfg, from_stored(TextConfig, config["text"]), len(tokenizer.vocab)), tokenizer

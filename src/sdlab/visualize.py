@@ -36,14 +36,20 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
 
 
 def save_labelled_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], path: str | Path,
-                       title: str = "") -> Path:
-    """Stack rows of images (each (N, C, H, W) in [-1, 1]) with a label left of each row."""
+                       title: str = "", columns: Sequence[str] | None = None) -> Path:
+    """Stack rows of images (each (N, C, H, W) in [-1, 1]) with a label left of each row and,
+    optionally, one above each column."""
     fig, axes = plt.subplots(len(rows), 1, figsize=(1.0 * max(r.shape[0] for r in rows), 1.15 * len(rows)),
                              squeeze=False)
-    for ax, row, label in zip(axes[:, 0], rows, labels):
+    for i, (ax, row, label) in enumerate(zip(axes[:, 0], rows, labels)):
         ax.imshow(grid(row, nrow=row.shape[0]).permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_yticks([])
         ax.set_xticks([])
+        if columns is not None and i == 0:
+            side = row.shape[-1] + 2            # `grid`'s padding is 2
+            ax.set_xticks([2 + k * side + row.shape[-1] / 2 for k in range(len(columns))], list(columns), fontsize=8)
+            ax.xaxis.set_ticks_position("top")
+            ax.tick_params(length=0)
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)

@@ -6,18 +6,24 @@ the checkpoint; no model flags are needed. EMA weights are used when the checkpo
     sdlab-sample outputs/diffusion/best.pt --num-samples 64 --sampler ddim --steps 50 --seed 0 --out grid.png
     sdlab-sample outputs/diffusion/best.pt --sampler dpmpp_2m --steps 15 --out fast.png
     sdlab-sample outputs/ldm/best.pt --class horse --class ship --guidance-scale 3 --out horses_ships.png
+    sdlab-sample outputs/t2i/best.pt --prompt "a large red disc at the top left" --negative-prompt "a square" \
+        --guidance-scale 4 --out red_discs.png
+    sdlab-sample outputs/t2i/best.pt --prompt "a small blue cross in the centre" --init-image photo.png --strength 0.6
+    sdlab-sample outputs/t2i/best.pt --prompt "a large green square at the top right" --init-image photo.png \
+        --mask mask.png          # white = repaint
 
 The sampling flags (--sampler, --steps, --eta, --spacing, ...) come from `SamplerConfig`.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from ..data import IMAGE_EXTENSIONS
+from ..data import IMAGE_EXTENSIONS, DataError, decode_image, to_unit_range
 from ..diffusion import SamplerConfig
 from ..outputs import writable_dir, writable_file
 from ..pipeline import DiffusionPipeline
@@ -34,8 +40,18 @@ def build_parser() -> Parser:
     parser.add_argument("--num-samples", type=int, default=64)
     parser.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME|ID",
                         help="class-conditional models: class to draw (repeatable; cycled over the images)")
+    parser.add_argument("--prompt", dest="prompts", action="append", default=[], metavar="TEXT",
+                        help="text-conditioned models: prompt (repeatable; cycled over the images)")
+    parser.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                        help="what guidance steers away from, in place of the empty prompt")
     parser.add_argument("--guidance-scale", type=finite_float, default=1.0,
                         help="classifier-free guidance w (0: unconditional, 1: conditional)")
+    parser.add_argument("--init-image", default=None, metavar="PATH",
+                        help="img2img (SDEdit): start from this image noised to --strength")
+    parser.add_argument("--strength", type=finite_float, default=None,
+                        help="img2img: 0 keeps the image, 1 ignores it (default 0.8; 1 with --mask)")
+    parser.add_argument("--mask", default=None, metavar="PATH",
+                        help="inpainting with --init-image: image whose white pixels are repainted")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     parser.add_argument("--out", default="samples.png", help="grid PNG to write")
@@ -44,6 +60,39 @@ def build_parser() -> Parser:
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_sampling_flags(parser)
     return parser
+
+
+def text_options(parser: Parser, args, pipe: DiffusionPipeline) -> tuple[list[str] | None, dict]:
+    """--prompt/--negative-prompt (checked against the model and its vocabulary) and the
+    img2img / inpainting inputs read from --init-image and --mask, at the model's image size."""
+    if (args.prompts or args.negative_prompt is not None) and pipe.tokenizer is None:
+        parser.error("--prompt: this checkpoint is not text-conditioned (train with --text-cond)")
+    prompts = None
+    if pipe.tokenizer is not None:
+        texts = args.prompts or [""]
+        unknown = sorted({w for t in [*texts, args.negative_prompt or ""] for w in pipe.tokenizer.unknown(t)})
+        if unknown:
+            print(f"note: not in this model's vocabulary, read as <unk>: {', '.join(unknown)}", file=sys.stderr)
+        prompts = [texts[i % len(texts)] for i in range(args.num_samples)]
+    options = {"negative_prompt": args.negative_prompt} if args.negative_prompt is not None else {}
+    if args.strength is not None and not 0 <= args.strength <= 1:
+        parser.error(f"--strength must be in [0, 1] (got {args.strength})")
+    if (args.strength is not None or args.mask) and not args.init_image:
+        parser.error("--strength and --mask need --init-image")
+    for flag, path in (("--init-image", args.init_image), ("--mask", args.mask)):
+        if path and not Path(path).is_file():
+            parser.error(f"{flag} {path}: no such file")
+    if args.init_image:
+        size = pipe.image_size
+        try:
+            options["init_image"] = to_unit_range(torch.from_numpy(decode_image(args.init_image, size)).permute(2, 0, 1)[None])
+            if args.mask:
+                options["mask"] = (torch.from_numpy(decode_image(args.mask, size)).float().mean(-1) > 127.5).float()[None, None]
+        except (DataError, FileNotFoundError) as err:
+            parser.error(f"--init-image/--mask: {err}")
+        if args.strength is not None:
+            options["strength"] = args.strength
+    return prompts, options
 
 
 @user_errors
@@ -70,10 +119,11 @@ def main(argv=None) -> None:
         except ValueError as err:
             parser.error(str(err))
         labels = torch.tensor(ids, device=device).repeat(-(-args.num_samples // len(ids)))[: args.num_samples]
+    prompts, image_options = text_options(parser, args, pipe)
     start = time.perf_counter()
-    images, _ = draw_samples(pipe, args.num_samples, labels=labels, guidance_scale=args.guidance_scale,
+    images, _ = draw_samples(pipe, args.num_samples, labels=labels, prompts=prompts, guidance_scale=args.guidance_scale,
                              seed=args.seed, batch_size=args.batch_size, precision=args.precision,
-                             progress=True, sampler=sampler)
+                             progress=True, sampler=sampler, **image_options)
     seconds = time.perf_counter() - start
     save_grid(images, args.out, nrow=args.nrow)
     if args.per_image_dir:

@@ -4,6 +4,7 @@ VAE latents (latent diffusion), optionally class-conditional with classifier-fre
     python diffusers/train_diffusion.py                       # CIFAR-10, CPU-sized U-Net on CPU
     python diffusers/train_diffusion.py --model-size ddpm-cifar10 --epochs 500
     python diffusers/train_diffusion.py --latent --vae-checkpoint outputs/vae/best.pt --class-cond
+    python diffusers/train_diffusion.py --dataset scenes --text-cond --synthetic-size 20000   # prompts
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..latent import LatentConfig
 from ..recipes import DiffusionRun, train_diffusion
 from ..recipes.quality import QualityConfig
 from ..runtime import default_precision
+from ..text import TextConfig
 from ..trainer import TrainConfig
 from ..unet import PRESETS, UNetConfig
 from .flags import add_config_flags, build_configs
@@ -42,7 +44,7 @@ CPU_DEFAULTS = {"epochs": 100, "batch_size": 64, "lr": 3e-4, "warmup_steps": 200
 CUDA_DEFAULTS = {"epochs": 500, "batch_size": 128, "lr": 2e-4, "warmup_steps": 5000,
                  "ema_decay": 0.9999, "save_dir": "outputs/diffusion"}
 CLASSES = {"data": DataConfig, "train": TrainConfig, "unet": UNetConfig, "diffusion": DiffusionConfig,
-           "sampler": SamplerConfig, "latent": LatentConfig, "guidance": GuidanceConfig, "quality": QualityConfig}
+           "sampler": SamplerConfig, "latent": LatentConfig, "guidance": GuidanceConfig, "text": TextConfig, "quality": QualityConfig}
 
 
 def build_parser():
@@ -57,11 +59,12 @@ def build_parser():
                         help="original flag: activation; DDPM's U-Net uses SiLU (swish) throughout")
     parser.add_argument("--residual", action=argparse.BooleanOptionalAction, default=True,
                         help="original flag: the U-Net's blocks are always residual")
-    add_config_flags(parser, UNetConfig, "U-Net", DIFFUSION_ALIASES, skip=("image_size",))
+    add_config_flags(parser, UNetConfig, "U-Net", DIFFUSION_ALIASES, skip=("image_size", "context_dim"))
     add_config_flags(parser, DiffusionConfig, "diffusion", DIFFUSION_ALIASES)
     add_config_flags(parser, SamplerConfig, "sampling", DIFFUSION_ALIASES)
     add_config_flags(parser, LatentConfig, "latent diffusion")
     add_config_flags(parser, GuidanceConfig, "class conditioning and classifier-free guidance")
+    add_config_flags(parser, TextConfig, "text conditioning (prompts through cross-attention)")
     add_config_flags(parser, QualityConfig, "sample quality during training (--eval-every)",
                      skip=("reference_split", "feature_batch"))
     return parser

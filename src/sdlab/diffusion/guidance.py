@@ -7,6 +7,11 @@ toward the conditional one (the paper's eq. (6), written with w = 1 + their w):
     eps_guided = eps_uncond + w * (eps_cond - eps_uncond)
 
 w = 0 is unconditional, w = 1 conditional, w > 1 trades diversity for fidelity to the class.
+
+The condition is a class id (B,) whose null is the extra class K, or a prompt's token ids (B, L)
+whose null is the empty prompt. A *negative prompt* (Stable Diffusion's) is the same formula
+with the empty prompt replaced: eps_neg + w * (eps_cond - eps_neg) moves away from what the
+negative prompt describes as well as toward the prompt; with the empty prompt it is plain CFG.
 """
 
 from __future__ import annotations
@@ -32,26 +37,37 @@ class GuidanceConfig:
         require(self.guidance_scale >= 0, "guidance_scale", f"must be >= 0 (got {self.guidance_scale})")
 
 
-def drop_labels(labels: torch.Tensor, prob: float, null_class: int,
+def null_like(labels: torch.Tensor, null: int | torch.Tensor) -> torch.Tensor:
+    """The null condition in the shape of `labels`: the null class id (B,), or the empty
+    prompt's ids (L,) repeated to (B, L)."""
+    if isinstance(null, int):
+        return torch.full_like(labels, null)
+    return null.to(labels.device).expand_as(labels)
+
+
+def drop_labels(labels: torch.Tensor, prob: float, null: int | torch.Tensor,
                 generator: torch.Generator | NoiseSource | None = None) -> torch.Tensor:
-    """Replace each label (B,) by `null_class` with probability `prob` (label dropout)."""
+    """Replace each condition (class id (B,) or prompt ids (B, L)) by `null` with probability
+    `prob` (label, or caption, dropout)."""
     if prob <= 0:
         return labels
     drop = NoiseSource.of(generator).uniform(labels.shape[0], labels.device) < prob
-    return torch.where(drop, torch.full_like(labels, null_class), labels)
+    drop = drop.view(-1, *[1] * (labels.ndim - 1))
+    return torch.where(drop, null_like(labels, null), labels)
 
 
-def guided(model, labels: torch.Tensor, scale: float, null_class: int):
+def guided(model, labels: torch.Tensor, scale: float, uncond: int | torch.Tensor):
     """A denoiser callable(x_t, t, _) that applies guidance with one batched forward pass.
 
-    The batch is doubled: the first half carries `labels`, the second the null class; the two
-    outputs are combined as uncond + scale * (cond - uncond).
+    The batch is doubled: the first half carries `labels` (class ids or prompt ids), the second
+    `uncond` (the null class id, or the ids of the empty or negative prompt(s)); the two outputs
+    are combined as uncond + scale * (cond - uncond).
     """
-    null = torch.full_like(labels, null_class)
+    null = null_like(labels, uncond)
 
     def denoiser(xt: torch.Tensor, t: torch.Tensor, _labels=None) -> torch.Tensor:
         out = model(torch.cat([xt, xt]), torch.cat([t, t]), torch.cat([labels, null]))
-        cond, uncond = out.chunk(2)
-        return uncond + scale * (cond - uncond)
+        cond, uncond_out = out.chunk(2)
+        return uncond_out + scale * (cond - uncond_out)
 
     return denoiser

@@ -126,8 +126,9 @@ def sample(denoiser, schedule: NoiseSchedule, shape: tuple[int, ...], config: Sa
            prediction: str = "eps", labels: torch.Tensor | None = None,
            generator: torch.Generator | None = None, device: torch.device | str = "cpu",
            memory_format: torch.memory_format = torch.contiguous_format, x_T: torch.Tensor | None = None,
-           trajectory: Trajectory | None = None, progress: bool = False, **options) -> torch.Tensor:
-    """Draw samples by running a reverse process from x_T ~ N(0, I).
+           t_start: int | None = None, after_step=None, trajectory: Trajectory | None = None,
+           progress: bool = False, **options) -> torch.Tensor:
+    """Draw samples by running a reverse process from x_T ~ N(0, I), or from a given x_t.
 
     Args:
         denoiser: callable(x_t, t, labels) -> output of type `prediction`.
@@ -135,6 +136,10 @@ def sample(denoiser, schedule: NoiseSchedule, shape: tuple[int, ...], config: Sa
         config: a SamplerConfig or a sampler name; `options` override its fields
             (sample(..., "ddim", sample_steps=20, eta=0.5)).
         x_T: the starting noise (default: drawn from `generator`).
+        t_start: x_T is x at this trained timestep instead of pure noise (SDEdit): the grid's
+            points above it are skipped and the run starts there.
+        after_step: optional callable(x, t_next) -> x applied after every step (inpainting
+            puts the known region back there); t_next = -1 after the last step.
         trajectory: if given, filled with x_t and predicted x_0 at every step.
     Returns:
         x_0 samples (B, C, H, W), in [-1, 1] when config.clip is on.
@@ -143,6 +148,8 @@ def sample(denoiser, schedule: NoiseSchedule, shape: tuple[int, ...], config: Sa
     solver = SAMPLERS[cfg.sampler](cfg.eta, cfg.variance)
     net = ScheduleDenoiser(denoiser, schedule, prediction, cfg.clip, labels)
     seq = cfg.timesteps(schedule)
+    if t_start is not None:
+        seq = [t_start] + [t for t in seq if t < t_start]
     x = torch.randn(shape, generator=generator, device=device) if x_T is None else x_T
     x = x.contiguous(memory_format=memory_format)
 
@@ -153,6 +160,8 @@ def sample(denoiser, schedule: NoiseSchedule, shape: tuple[int, ...], config: Sa
     for i, t in enumerate(tqdm(seq, desc=cfg.sampler, disable=not progress, leave=False)):
         t_next = seq[i + 1] if i + 1 < len(seq) else -1
         x_next, x0 = solver.step(net, x, t, t_next, noise)
+        if after_step is not None:
+            x_next = after_step(x_next, t_next)
         if trajectory is not None:
             trajectory.timesteps.append(t)
             trajectory.xt.append(x.cpu())

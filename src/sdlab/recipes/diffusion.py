@@ -1,5 +1,6 @@
-"""The diffusion recipe: a DDPM on pixels or on VAE latents (latent diffusion), unconditional or
-class-conditional with classifier-free guidance, from one config.
+"""The diffusion recipe: a DDPM on pixels or on VAE latents (latent diffusion), unconditional,
+class-conditional or text-conditioned (prompts through cross-attention), with classifier-free
+guidance, from one config.
 
     from sdlab.recipes import DiffusionRun, train_diffusion
     trained = train_diffusion(DiffusionRun(train=TrainConfig(epochs=1, save_dir="runs/ddpm")))
@@ -16,18 +17,21 @@ from pathlib import Path
 
 import torch
 
+from ..captions import with_captions
 from ..config import ConfigError, from_stored
-from ..data import DataConfig, Splits
+from ..data import DataConfig, ImageSet, Splits
 from ..diffusion import DiffusionConfig, SamplerConfig, Trajectory, diffusion_loss
 from ..diffusion.guidance import GuidanceConfig, drop_labels
 from ..errors import UserError
-from ..figures import (class_grid, forward_process, guidance_sweep, latent_pipeline, loss_by_timestep,
-                       reverse_process, schedules)
+from ..figures import (class_grid, cross_attention_maps, forward_process, guidance_sweep, img2img_sweep,
+                       inpainting_example, latent_pipeline, loss_by_timestep, prompt_grid, reverse_process,
+                       schedules)
 from ..latent import LatentConfig, encode_splits
 from ..distributed import Dist
-from ..pipeline import DiffusionPipeline, build_vae, carried_vae, load_trained, stored_vae
+from ..pipeline import DiffusionPipeline, build_denoiser, build_vae, carried_vae, load_trained, stored_vae
+from ..text import TextConfig, Tokenizer, words
 from ..trainer import TrainConfig, Trainer
-from ..unet import UNet, UNetConfig
+from ..unet import UNetConfig
 from ..visualize import grid, plot_history, save_grid
 from .quality import QualityConfig, Scorer
 from .run import Trained, build_loaders, load_data, prepare_run, report, save_run_config, start_run
@@ -44,6 +48,7 @@ class DiffusionRun:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     latent: LatentConfig = field(default_factory=LatentConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
 
 
@@ -91,8 +96,8 @@ def latent_splits(carried: dict, splits: Splits, device: torch.device, cache_dir
 class SampleGrid:
     """The epoch hook: a fixed-seed sample grid into SAVE_DIR/samples and TensorBoard."""
 
-    def __init__(self, pipe: DiffusionPipeline, run: "DiffusionRun"):
-        self.pipe, self.run = pipe, run
+    def __init__(self, pipe: DiffusionPipeline, run: "DiffusionRun", prompts: tuple[str, ...] = ()):
+        self.pipe, self.run, self.prompts = pipe, run, prompts
 
     def labels(self, num: int) -> torch.Tensor | None:
         if not self.pipe.classes:
@@ -100,15 +105,17 @@ class SampleGrid:
         return torch.arange(num, device=self.pipe.device) % len(self.pipe.classes)
 
     def draw(self, num: int | None = None, trajectory: Trajectory | None = None) -> torch.Tensor:
+        """The grid: classes or prompts cycled over `num` images (a prompt per column)."""
         num = num or self.run.sampler.num_samples
         g = torch.Generator(self.pipe.device).manual_seed(0)
-        return self.pipe(num, labels=self.labels(num), generator=g, trajectory=trajectory,
+        prompts = [self.prompts[i % len(self.prompts)] for i in range(num)] if self.prompts else None
+        return self.pipe(num, labels=self.labels(num), prompt=prompts, generator=g, trajectory=trajectory,
                          guidance_scale=self.run.guidance.guidance_scale, sampler=self.run.sampler)
 
     def __call__(self, trainer: Trainer) -> None:
         self.pipe.model = trainer.eval_model
         images = self.draw()
-        nrow = len(self.pipe.classes) if self.pipe.classes else 8
+        nrow = len(self.pipe.classes) if self.pipe.classes else len(self.prompts) or 8
         save_grid(images, Path(trainer.cfg.save_dir) / "samples" / f"epoch_{trainer.epoch:04d}.png", nrow)
         trainer.writer.add_image("samples", grid(images, nrow), trainer.step)
 
@@ -124,7 +131,7 @@ def write_figures(grids: SampleGrid, history, val: torch.Tensor, val_labels, sav
     grids.draw(num=1, trajectory=trajectory)
     reverse_process(trajectory, out / "reverse_process.png", decode=pipe.decode)
     loss_by_timestep(pipe.model, pipe.schedule, run.diffusion, val, out / "loss_by_timestep.png",
-                     labels=val_labels if pipe.classes else None)
+                     labels=val_labels if pipe.classes or pipe.tokenizer else None)
     if pipe.vae is None:
         forward_process(pipe.schedule, val[::64], out / "forward_process.png")
         schedules(out / "schedules.png", pipe.schedule.num_timesteps)
@@ -136,7 +143,43 @@ def write_figures(grids: SampleGrid, history, val: torch.Tensor, val_labels, sav
         class_grid(pipe, out / "class_grid.png", run.guidance.guidance_scale, sampler=run.sampler)
         guidance_sweep(pipe, out / "guidance_sweep.png", sampler=run.sampler)
         written += ["class_grid.png", "guidance_sweep.png"]
+    if pipe.tokenizer is not None:
+        written += text_figures(pipe, run, grids.prompts, out)
     print(f"figures written to {out}: {' '.join(written)}")
+
+
+def text_figures(pipe: DiffusionPipeline, run: "DiffusionRun", prompts: tuple[str, ...], out: Path) -> list[str]:
+    """The text-to-image figures of a text-conditioned run, from its sample prompts: a prompt grid,
+    cross-attention maps, an img2img strength sweep and inpainting (their inputs are images
+    drawn from the first prompts, so they need no data)."""
+    w, n = run.guidance.guidance_scale, min(4, len(prompts))
+    prompt_grid(pipe, list(prompts), out / "prompt_grid.png", w, sampler=run.sampler)
+    cross_attention_maps(pipe, prompts[0], out / "cross_attention.png", w)
+    inits = pipe(n, prompt=list(prompts[:n]), guidance_scale=w, sampler=run.sampler,
+                 generator=torch.Generator(pipe.device).manual_seed(1))
+    others = [prompts[(i + 1) % len(prompts)] for i in range(n)]
+    img2img_sweep(pipe, inits, others, out / "img2img.png", w, sampler=run.sampler)
+    side = inits.shape[-1]
+    mask = torch.zeros(1, 1, side, side)
+    mask[..., side // 4: 3 * side // 4, side // 4: 3 * side // 4] = 1
+    inpainting_example(pipe, inits, others, mask, out / "inpainting.png", w, sampler=run.sampler)
+    return ["prompt_grid.png", "cross_attention.png", "img2img.png", "inpainting.png"]
+
+
+def captioned_splits(splits: Splits, text: TextConfig, seed: int,
+                     tokenizer: Tokenizer | None) -> tuple[Splits, Tokenizer]:
+    """Both splits with their captions' token ids as labels (captions from the dataset or from
+    templates over class names, `captions.with_captions`), and the tokenizer: the stored one of
+    a resumed run, else one built from the training captions."""
+    train, test = with_captions(splits.train, seed), with_captions(splits.test, seed + 1)
+    tokenizer = tokenizer or Tokenizer.build(train.captions, text.context_length)
+    tokenize = lambda s: ImageSet(s.images, tokenizer.encode(list(s.captions)), s.classes, s.captions)
+    return Splits(tokenize(train), tokenize(test)), tokenizer
+
+
+def sample_prompts(captions: tuple[str, ...], num: int = 8) -> tuple[str, ...]:
+    """The first `num` distinct captions of the validation split: the prompts of the sample grids."""
+    return tuple(dict.fromkeys(captions))[:num]
 
 
 def train_diffusion(run: DiffusionRun) -> Trained:
@@ -145,12 +188,20 @@ def train_diffusion(run: DiffusionRun) -> Trained:
 
     Pixel space, or with run.latent.latent on the latents of a trained VAE (which every
     checkpoint then carries); class-conditional with label dropout when run.guidance.class_cond.
+    Text-conditioned with run.text.text_cond: captions (the dataset's, or templates over its class
+    names) are tokenized, and a text encoder is trained with a cross-attention U-Net, with
+    caption dropout (run.guidance.cond_drop_prob) for classifier-free guidance.
     run.unet.image_size is taken from run.data; a resumed run keeps the U-Net, schedule, latent
-    VAE and conditioning stored in its checkpoint.
+    VAE, conditioning, text encoder and tokenizer stored in its checkpoint.
     """
     if run.latent.latent and not run.latent.vae_checkpoint and not run.train.resume:
         raise ConfigError("vae_checkpoint", "--latent needs --vae-checkpoint PATH (a best.pt or last.pt "
                                             "from train_vae.py)")
+    if run.text.text_cond and run.guidance.class_cond:
+        raise ConfigError("text_cond", "choose --text-cond or --class-cond, not both")
+    if run.text.text_cond and run.quality.eval_every:
+        raise ConfigError("eval_every", "scores class-conditional and unconditional runs; a text-conditioned "
+                                        "run is measured by bench/text_to_image.py")
     if run.train.select_by.startswith("eval/") and not run.quality.eval_every:
         raise ConfigError("select_by", f"{run.train.select_by} is measured only with --eval-every N")
     dist, device = start_run(run.train)
@@ -164,13 +215,25 @@ def train_diffusion(run: DiffusionRun) -> Trained:
             diffusion=from_stored(DiffusionConfig, stored["diffusion"]),
             latent=LatentConfig(latent=bool(latent),
                                 vae_checkpoint=run.latent.vae_checkpoint or latent.get("vae_checkpoint", "")),
-            guidance=dataclasses.replace(run.guidance, class_cond=stored["guidance"]["class_cond"]))
+            guidance=dataclasses.replace(run.guidance, class_cond=stored["guidance"]["class_cond"]),
+            text=from_stored(TextConfig, stored["text"]) if "text" in stored else TextConfig())
     train_cfg, diff_cfg, guide_cfg = run.train, run.diffusion, run.guidance
     torch.manual_seed(train_cfg.seed)
-    splits, vae, run_extra, frozen = None, None, {}, {}
+    splits, vae, run_extra, frozen, tokenizer = None, None, {}, {}, None
+    if run.text.text_cond:
+        stored_tokens = (resumed or {}).get("config", {}).get("tokenizer")
+        splits, tokenizer = captioned_splits(load_data(run.data, train_cfg, dist), run.text, train_cfg.seed,
+                                             stored_tokens and Tokenizer.from_state(stored_tokens))
+        run_extra["tokenizer"] = tokenizer.state()
+        if run.data.hflip and any(w in ("left", "right") for c in splits.train.captions for w in words(c)):
+            run = dataclasses.replace(run, data=dataclasses.replace(run.data, hflip=False))
+            if dist.is_main:
+                print("captions name left and right: horizontal flips are off")
+        if resumed is None:
+            run = dataclasses.replace(run, unet=dataclasses.replace(run.unet, context_dim=run.text.text_width))
     if run.latent.latent:
         frozen["vae"] = latent_vae(run.latent, resumed)
-        splits, latent = latent_splits(frozen["vae"], load_data(run.data, train_cfg, dist), device,
+        splits, latent = latent_splits(frozen["vae"], splits or load_data(run.data, train_cfg, dist), device,
                                        train_cfg.save_dir, run.unet.attention_resolutions, dist)
         if resumed is None:  # a resumed U-Net config has the latent geometry already
             run = dataclasses.replace(run, unet=dataclasses.replace(run.unet, **latent["geometry"]))
@@ -185,29 +248,31 @@ def train_diffusion(run: DiffusionRun) -> Trained:
     if guide_cfg.class_cond:
         run = dataclasses.replace(run, unet=dataclasses.replace(run.unet, num_classes=len(splits.train.classes)))
     unet_cfg = run.unet
-    model = UNet(unet_cfg).to(device)
+    run_config = save_run_config(vars(run), train_cfg.save_dir, dist)
+    run_config.update(kind="diffusion", classes=list(splits.train.classes), **run_extra)
+    model = build_denoiser(run_config)[0].to(device)
     schedule = diff_cfg.make_schedule().to(device)
     if dist.is_main:
         print(f"U-Net: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on "
               f"{unet_cfg.in_channels}x{unet_cfg.image_size}x{unet_cfg.image_size}; T = {diff_cfg.num_timesteps} "
               f"({diff_cfg.schedule}), predicting {diff_cfg.prediction}"
-              f"{', class-conditional' if guide_cfg.class_cond else ''}; {len(splits.train)} train / "
+              f"{', class-conditional' if guide_cfg.class_cond else ''}"
+              f"{f', text-conditioned ({len(tokenizer.vocab)} tokens)' if tokenizer else ''}; {len(splits.train)} train / "
               f"{len(splits.test)} val images, device {device}, precision {train_cfg.precision}")
-    run_config = save_run_config(vars(run), train_cfg.save_dir, dist)
-    run_config.update(kind="diffusion", classes=list(splits.train.classes), **run_extra)
-    null_class = unet_cfg.num_classes
+    null = tokenizer.encode("")[0].to(device) if tokenizer else unet_cfg.num_classes   # empty prompt / null class
+    conditioned = guide_cfg.class_cond or run.text.text_cond
 
     def loss_fn(net, images, labels, generator=None, step=None):
-        if not guide_cfg.class_cond:
+        if not conditioned:
             labels = None
-        elif step is not None:  # training: label dropout teaches the unconditional model too
-            labels = drop_labels(labels, guide_cfg.cond_drop_prob, null_class, generator)
+        elif step is not None:  # training: label (caption) dropout teaches the unconditional model too
+            labels = drop_labels(labels, guide_cfg.cond_drop_prob, null, generator)
         return diffusion_loss(net, schedule, images, diff_cfg, labels, generator=generator)
 
     pipe = DiffusionPipeline(model, schedule, diff_cfg.prediction, vae,
                              run_extra.get("latent_vae", {}).get("scale_factor", 1.0),
-                             splits.train.classes if guide_cfg.class_cond else (), run_config)
-    grids = SampleGrid(pipe, run)
+                             splits.train.classes if guide_cfg.class_cond else (), run_config, tokenizer=tokenizer)
+    grids = SampleGrid(pipe, run, sample_prompts(splits.test.captions) if tokenizer else ())
     metrics = None
     if run.quality.eval_every:      # rank 0 scores (decoded) images against the real pixels
         metrics = (Scorer(run.quality, device).during_training(pipe, run.data, train_cfg.save_dir,

@@ -53,14 +53,16 @@ class QualityConfig:
 
 @torch.no_grad()
 def draw_samples(pipe: DiffusionPipeline, num: int, *, labels: torch.Tensor | None = None,
-                 balanced: bool = False, guidance_scale: float = 1.0, seed: int = 0, batch_size: int = 256,
+                 prompts: list[str] | None = None, balanced: bool = False, guidance_scale: float = 1.0,
+                 seed: int = 0, batch_size: int = 256,
                  precision: str = "auto", progress: bool = False, sampler: SamplerConfig | str | None = None,
                  **options) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`num` images (num, C, H, W) in [-1, 1] on the CPU, in batches, from one seeded generator.
 
     labels: the class of each image (class-conditional models); `balanced` instead asks for
-    classes 0, 1, ..., K-1, 0, ... sampler, options: as for the pipeline (a SamplerConfig or a
-    name, plus field overrides). precision: fp32 or bf16 autocast, or auto (the device's,
+    classes 0, 1, ..., K-1, 0, ... prompts: the prompt of each image (text-conditioned models).
+    sampler, options: as for the pipeline (a SamplerConfig or a name, plus field overrides,
+    negative_prompt, init_image, strength, mask). precision: fp32 or bf16 autocast, or auto (the device's,
     `runtime.default_precision`). Returns the images and the labels used (None: unconditional).
     """
     device = pipe.device
@@ -71,7 +73,8 @@ def draw_samples(pipe: DiffusionPipeline, num: int, *, labels: torch.Tensor | No
     with autocast(device, default_precision(device) if precision == "auto" else precision):
         for start in range(0, num, batch_size):
             part = None if labels is None else labels[start:start + batch_size].to(device)
-            chunks.append(pipe(min(batch_size, num - start), labels=part, guidance_scale=guidance_scale,
+            words = None if prompts is None else prompts[start:start + batch_size]
+            chunks.append(pipe(min(batch_size, num - start), labels=part, prompt=words, guidance_scale=guidance_scale,
                                generator=g, progress=progress, sampler=sampler, **options).float().cpu())
     return torch.cat(chunks), labels
 
