@@ -26,7 +26,7 @@ from sdlab.pipeline import DiffusionPipeline
 from sdlab.runtime import autocast, memory_format
 from sdlab.unet import PRESETS, UNet, UNetConfig
 from sdlab.vae import VAE, VAEConfig
-from sdlab.visualize import plot_bars
+from sdlab.visualize import plot_bar_panels
 
 
 def train_step(model, shape, precision, batch):
@@ -86,9 +86,9 @@ def main():
           f"({seconds['pixel'] / seconds['latent']:.1f}x faster)")
     names = [f"{kind}\nb{batch}" for batch in args.batches for kind in models]
     values = [ms[batch][kind] for batch in args.batches for kind in models]
-    plot_bars(names + ["pixel\nDDIM", "latent\nDDIM"], values + [seconds["pixel"], seconds["latent"]], args.out,
-              "train ms/img (batch b) | DDIM-50 s",
-              title=f"pixel (3x32x32) vs latent (4x8x8) diffusion, same U-Net, {args.precision}")
+    plot_bar_panels([(names, values, "ms / image", "training, batch b"),
+                     (["pixel", "latent"], [seconds["pixel"], seconds["latent"]], "seconds", "DDIM-50, 64 images")],
+                    args.out, title=f"pixel (3x32x32) vs latent (4x8x8) diffusion, same U-Net, {args.precision}")
     print(f"wrote {args.out}")
 
 

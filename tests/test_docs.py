@@ -39,3 +39,18 @@ def test_every_code_reference_resolves(doc):
         if not defined:
             broken.append(f"{path}: {name}")
     assert not broken, broken
+
+
+COMMAND = re.compile(r"python (diffusers|bench)/\w+\.py|\bsdlab-[a-z-]+|bash bench/\w+\.sh|--visualize")
+
+
+def sections(text: str) -> list[str]:
+    """The text cut at its headings (a figure's command must be named in its own section)."""
+    return re.split(r"^#{1,3} ", text, flags=re.M)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_linked_figure_names_the_command_that_makes_it(doc):
+    silent = [link for section in sections(doc.read_text()) for link in IMAGE.findall(section)
+              if not COMMAND.search(section)]
+    assert not silent, silent

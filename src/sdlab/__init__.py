@@ -11,10 +11,14 @@ Modules (imports point down):
     layers      blocks shared by the VAE and the U-Net
     likelihood  Gaussian KL and the discretized Gaussian likelihood (bits/dim)
     vae         VAEConfig, DiagonalGaussian, VAE, vae_loss
-    unet        UNetConfig, UNet
+    transformer attention and transformer blocks (self- and cross-attention, masks)
+    unet        UNetConfig, UNet (class- or text-conditioned)
+    text        tokenizer, text encoder, the text-conditioned U-Net
+    scenes      captioned synthetic scenes and the checker that reads them back
+    captions    captions from scenes, class-name templates or a folder's metadata.jsonl
     diffusion   noise schedules, training loss, samplers, guidance (never imports a network)
     latent      encode a dataset once with a frozen VAE, cache and scale the latents
-    pipeline    U-Net + scheduler (+ VAE decoder, + guidance) -> images
+    pipeline    U-Net + scheduler (+ VAE decoder, + guidance, + prompts, img2img, inpainting) -> images
     classifier  the small classifier of the offline quality metric
     quality     FID / KID (torchmetrics, torch-fidelity's Inception) and classifier features
     checkpoint  atomic save, weights-only load, leftover temporaries, weight digests

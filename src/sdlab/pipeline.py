@@ -151,6 +151,11 @@ class DiffusionPipeline:
         return ids
 
     @property
+    def class_names(self) -> tuple[str, ...]:
+        """The classes of the training data (also of a text-conditioned or unconditional model)."""
+        return tuple(self.config.get("classes") or ())
+
+    @property
     def image_size(self) -> int:
         """The side of the images it makes (pixels, after the decoder of a latent model)."""
         latent = self.config.get("latent_vae") or {}

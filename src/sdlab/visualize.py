@@ -91,13 +91,25 @@ def plot_history(history: list[dict], path: str | Path, terms: Sequence[str] | N
 def plot_bars(names: Sequence[str], values: Sequence[float], path: str | Path, ylabel: str,
               title: str = "") -> Path:
     """A bar chart, e.g. KL per latent channel or loss per timestep bucket."""
-    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(names) + 2), 3.2))
-    ax.bar(range(len(values)), values)
-    ax.set_xticks(range(len(values)), names, rotation=45 if len(names) > 8 else 0, ha="right"
-                  if len(names) > 8 else "center")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
+    return plot_bar_panels([(names, values, ylabel, title)], path)
+
+
+def plot_bar_panels(panels: Sequence[tuple[Sequence[str], Sequence[float], str, str]], path: str | Path,
+                    title: str = "") -> Path:
+    """Bar charts side by side, one per (names, values, y label, panel title): quantities in
+    different units each get their own axis."""
+    widths = [max(4, 0.5 * len(names) + 2) for names, *_ in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths), 3.2), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
+    for ax, (names, values, ylabel, panel_title) in zip(axes[0], panels):
+        ax.bar(range(len(values)), values)
+        ax.set_xticks(range(len(values)), names, rotation=45 if len(names) > 8 else 0, ha="right"
+                      if len(names) > 8 else "center")
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel_title)
+        ax.grid(axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title)
     return save_figure(fig, path)
 
 

@@ -6,7 +6,8 @@ FD-classifier/KID-classifier and class accuracy, against a real split.
     sdlab-eval-samples --samples my_pngs/ --dataset folder --data-dir cifar10 --classifier clf.pt
 
 Images are drawn from CHECKPOINT with the sampler flags (class-conditional models: classes
-0..K-1 in turn, at --guidance-scale), or read with --samples. The result is printed and written
+0..K-1 in turn, at --guidance-scale; text-conditioned models: --prompt-template filled with
+those classes' names), or read with --samples. The result is printed and written
 as JSON (--out); the reference split's features are cached in --cache-dir.
 """
 
@@ -34,6 +35,8 @@ def build_parser() -> Parser:
     parser.add_argument("--samples", default=None, help="score these instead: a folder of images or a .pt tensor")
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--guidance-scale", type=finite_float, default=1.0)
+    parser.add_argument("--prompt-template", default="a photo of a {}",
+                        help="text-conditioned models: the prompt of each class ({} is its name)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=256, help="images per sampling pass")
     parser.add_argument("--dataset", choices=DATASETS, default=None, help="reference data (default: the model's)")
@@ -70,10 +73,12 @@ def main(argv=None) -> None:
     if args.checkpoint:
         pipe = DiffusionPipeline.from_checkpoint(args.checkpoint, device)
         data = stored_data_config(pipe.config, args.dataset, args.data_dir)
-        images, labels = draw_samples(pipe, args.num_samples, balanced=True, guidance_scale=args.guidance_scale,
-                                      seed=args.seed, batch_size=args.batch_size, precision=args.precision,
-                                      progress=True, sampler=sampler)
-        images, names = to_uint8(images), pipe.classes
+        if pipe.tokenizer is not None and "{}" not in args.prompt_template:
+            parser.error(f"--prompt-template {args.prompt_template!r} needs a {{}} for the class name")
+        images, labels = draw_samples(pipe, args.num_samples, balanced=True, prompt_template=args.prompt_template,
+                                      guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size,
+                                      precision=args.precision, progress=True, sampler=sampler)
+        images, names = to_uint8(images), pipe.classes or (pipe.class_names if pipe.tokenizer else ())
     else:
         if not args.dataset:
             parser.error("--samples needs --dataset (and --data-dir) for the real images")
@@ -85,7 +90,8 @@ def main(argv=None) -> None:
     result.update(sampling_seconds=round(drawn, 1), scoring_seconds=round(time.perf_counter() - start - drawn, 1))
     if args.checkpoint:
         result.update(sampler=sampler.describe(pipe.schedule), nfe=sampler.evaluations(pipe.schedule),
-                      guidance_scale=args.guidance_scale, seed=args.seed)
+                      guidance_scale=args.guidance_scale, seed=args.seed,
+                      **({"prompt_template": args.prompt_template} if pipe.tokenizer else {}))
     out.write_text(json.dumps(result, indent=1))
     print(f"{result['metric']} {result['fd']:.3f}  KID {result['kid']:.5f} ± {result['kid_std']:.5f}  "
           f"({len(images)} samples vs {result['num_reference']} {result['reference']} images)"

@@ -53,20 +53,24 @@ class QualityConfig:
 
 @torch.no_grad()
 def draw_samples(pipe: DiffusionPipeline, num: int, *, labels: torch.Tensor | None = None,
-                 prompts: list[str] | None = None, balanced: bool = False, guidance_scale: float = 1.0,
-                 seed: int = 0, batch_size: int = 256,
+                 prompts: list[str] | None = None, balanced: bool = False, prompt_template: str = "a photo of a {}",
+                 guidance_scale: float = 1.0, seed: int = 0, batch_size: int = 256,
                  precision: str = "auto", progress: bool = False, sampler: SamplerConfig | str | None = None,
                  **options) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`num` images (num, C, H, W) in [-1, 1] on the CPU, in batches, from one seeded generator.
 
     labels: the class of each image (class-conditional models); `balanced` instead asks for
-    classes 0, 1, ..., K-1, 0, ... prompts: the prompt of each image (text-conditioned models).
+    classes 0, 1, ..., K-1, 0, ... prompts: the prompt of each image (text-conditioned models;
+    with `balanced`, `prompt_template` filled with the names of the classes of its training data).
     sampler, options: as for the pipeline (a SamplerConfig or a name, plus field overrides,
     negative_prompt, init_image, strength, mask). precision: fp32 or bf16 autocast, or auto (the device's,
     `runtime.default_precision`). Returns the images and the labels used (None: unconditional).
     """
     device = pipe.device
-    if balanced and pipe.classes:
+    if balanced and pipe.tokenizer is not None:
+        labels = torch.arange(num) % len(pipe.class_names)
+        prompts = [prompt_template.format(pipe.class_names[y].replace("_", " ")) for y in labels.tolist()]
+    elif balanced and pipe.classes:
         labels = torch.arange(num) % len(pipe.classes)
     g = torch.Generator(device).manual_seed(seed)
     chunks = []
