@@ -86,8 +86,8 @@ def forward_process(schedule, images: torch.Tensor, path: str | Path, seed: int 
     cols = [schedule.q_sample(images, torch.full((images.shape[0],), t, device=images.device), eps)
             for t in steps]
     rows = [torch.stack([c[i] for c in cols]) for i in range(images.shape[0])]
-    return save_labelled_rows(rows, [""] * len(rows), path,
-                              title="forward process x_t at t = " + ", ".join(map(str, steps)))
+    return save_labelled_rows(rows, [""] * len(rows), path, columns=[f"t = {t}" for t in steps],
+                              title="forward process: x_t ~ q(x_t | x_0), one image per row")
 
 
 def reverse_process(trajectory, path: str | Path, columns: int = 8, decode=None) -> Path:
@@ -99,9 +99,9 @@ def reverse_process(trajectory, path: str | Path, columns: int = 8, decode=None)
     x0 = torch.cat([trajectory.x0[i][:1] for i in picks])
     if decode is not None:
         xt, x0 = decode(xt).cpu(), decode(x0).cpu()
-    steps = ", ".join(str(trajectory.timesteps[i]) for i in picks)
     return save_labelled_rows([xt, x0], ["x_t", "pred x0"], path,
-                              title=f"reverse process at t = {steps}")
+                              columns=[f"t = {trajectory.timesteps[i]}" for i in picks],
+                              title="reverse process: the state and the predicted x0 along one path")
 
 
 @torch.no_grad()
@@ -158,8 +158,8 @@ def guidance_sweep(pipe, path: str | Path, scales=(0, 1, 2, 4, 7), per_row: int 
         g = torch.Generator(pipe.device).manual_seed(seed)
         rows.append(pipe(per_row, labels=labels, guidance_scale=w, generator=g, sampler=sampler).cpu())
     names = [pipe.classes[i] for i in labels.tolist()]
-    return save_labelled_rows(rows, [f"w = {w:g}" for w in scales], path,
-                              title="guidance sweep, columns: " + ", ".join(names))
+    return save_labelled_rows(rows, [f"w = {w:g}" for w in scales], path, columns=names,
+                              title="guidance sweep: the same seeds at each w")
 
 
 def schedules(path: str | Path, num_timesteps: int = 1000) -> Path:

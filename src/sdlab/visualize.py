@@ -39,8 +39,9 @@ def save_labelled_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], path
                        title: str = "", columns: Sequence[str] | None = None) -> Path:
     """Stack rows of images (each (N, C, H, W) in [-1, 1]) with a label left of each row and,
     optionally, one above each column."""
-    fig, axes = plt.subplots(len(rows), 1, figsize=(1.0 * max(r.shape[0] for r in rows), 1.15 * len(rows)),
-                             squeeze=False)
+    label_inches = 0.075 * max(len(line) for label in labels for line in str(label).split("\n"))
+    fig, axes = plt.subplots(len(rows), 1, squeeze=False,
+                             figsize=(1.0 * max(r.shape[0] for r in rows) + label_inches, 1.15 * len(rows)))
     for i, (ax, row, label) in enumerate(zip(axes[:, 0], rows, labels)):
         ax.imshow(grid(row, nrow=row.shape[0]).permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_yticks([])

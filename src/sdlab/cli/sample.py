@@ -27,6 +27,7 @@ from ..data import IMAGE_EXTENSIONS, DataError, decode_image, to_unit_range
 from ..diffusion import SamplerConfig
 from ..outputs import writable_dir, writable_file
 from ..pipeline import DiffusionPipeline
+from ..recipes.diffusion import sample_figures
 from ..recipes.quality import draw_samples
 from ..runtime import DEVICE_HELP, pick_device
 from ..visualize import save_grid
@@ -52,6 +53,11 @@ def build_parser() -> Parser:
                         help="img2img: 0 keeps the image, 1 ignores it (default 0.8; 1 with --mask)")
     parser.add_argument("--mask", default=None, metavar="PATH",
                         help="inpainting with --init-image: image whose white pixels are repainted")
+    parser.add_argument("--figures", default=None, metavar="DIR",
+                        help="write the figures --visualize draws from a model into DIR instead of a sample "
+                             "grid: reverse process, latent pipeline (latent models), class grid and guidance "
+                             "sweep (class-conditional), prompt grid, cross-attention maps, img2img and "
+                             "inpainting (text-conditioned; for the --prompt prompts, default the run's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     parser.add_argument("--out", default="samples.png", help="grid PNG to write")
@@ -95,6 +101,19 @@ def text_options(parser: Parser, args, pipe: DiffusionPipeline) -> tuple[list[st
     return prompts, options
 
 
+def write_figures(parser: Parser, args, sampler: SamplerConfig, device: torch.device) -> None:
+    """--figures DIR: `recipes.diffusion.sample_figures` for the checkpoint."""
+    folder = writable_dir(args.figures, "--figures")
+    pipe = DiffusionPipeline.from_checkpoint(args.checkpoint, device)
+    if args.prompts and pipe.tokenizer is None:
+        parser.error("--prompt: this checkpoint is not text-conditioned (train with --text-cond)")
+    prompts = args.prompts or pipe.config.get("sample_prompts") or ()
+    if pipe.tokenizer is not None and not prompts:
+        parser.error("--figures: this checkpoint stores no sample prompts; give them with --prompt")
+    written = sample_figures(pipe, folder, args.guidance_scale, sampler, prompts)
+    print(f"figures written to {folder}: {' '.join(written)}")
+
+
 @user_errors
 def main(argv=None) -> None:
     parser = build_parser()
@@ -106,6 +125,8 @@ def main(argv=None) -> None:
     if args.guidance_scale < 0:
         parser.error(f"--guidance-scale must be >= 0 (got {args.guidance_scale})")
     device = pick_device(args.device)
+    if args.figures:
+        return write_figures(parser, args, sampler, device)
     writable_file(args.out, "--out", IMAGE_EXTENSIONS)        # before the work, not after
     if args.per_image_dir:
         writable_dir(args.per_image_dir, "--per-image-dir")

@@ -104,12 +104,12 @@ class SampleGrid:
             return None
         return torch.arange(num, device=self.pipe.device) % len(self.pipe.classes)
 
-    def draw(self, num: int | None = None, trajectory: Trajectory | None = None) -> torch.Tensor:
+    def draw(self, num: int | None = None) -> torch.Tensor:
         """The grid: classes or prompts cycled over `num` images (a prompt per column)."""
         num = num or self.run.sampler.num_samples
         g = torch.Generator(self.pipe.device).manual_seed(0)
         prompts = [self.prompts[i % len(self.prompts)] for i in range(num)] if self.prompts else None
-        return self.pipe(num, labels=self.labels(num), prompt=prompts, generator=g, trajectory=trajectory,
+        return self.pipe(num, labels=self.labels(num), prompt=prompts, generator=g,
                          guidance_scale=self.run.guidance.guidance_scale, sampler=self.run.sampler)
 
     def __call__(self, trainer: Trainer) -> None:
@@ -121,48 +121,67 @@ class SampleGrid:
 
 
 def write_figures(grids: SampleGrid, history, val: torch.Tensor, val_labels, save_dir):
-    """The diffusion figures (loss curves, reverse process, loss by timestep, and per kind of run
-    the forward process and schedules, the latent pipeline, class grids and a guidance sweep)."""
+    """The diffusion figures: loss curves and loss by timestep, for pixel runs the forward process
+    and schedules, and what `sample_figures` draws from the model."""
     out, pipe, run = Path(save_dir), grids.pipe, grids.run
     pipe.model.eval()
-    written = ["loss_curves.png", "reverse_process.png", "loss_by_timestep.png"]
+    written = ["loss_curves.png", "loss_by_timestep.png"]
     plot_history(history, out / "loss_curves.png", title="DDPM training")
-    trajectory = Trajectory()
-    grids.draw(num=1, trajectory=trajectory)
-    reverse_process(trajectory, out / "reverse_process.png", decode=pipe.decode)
     loss_by_timestep(pipe.model, pipe.schedule, run.diffusion, val, out / "loss_by_timestep.png",
                      labels=val_labels if pipe.classes or pipe.tokenizer else None)
     if pipe.vae is None:
         forward_process(pipe.schedule, val[::64], out / "forward_process.png")
         schedules(out / "schedules.png", pipe.schedule.num_timesteps)
         written += ["forward_process.png", "schedules.png"]
-    else:
-        latent_pipeline(trajectory, pipe.decode, out / "latent_pipeline.png")
-        written.append("latent_pipeline.png")
-    if pipe.classes:
-        class_grid(pipe, out / "class_grid.png", run.guidance.guidance_scale, sampler=run.sampler)
-        guidance_sweep(pipe, out / "guidance_sweep.png", sampler=run.sampler)
-        written += ["class_grid.png", "guidance_sweep.png"]
-    if pipe.tokenizer is not None:
-        written += text_figures(pipe, run, grids.prompts, out)
+    written += sample_figures(pipe, out, run.guidance.guidance_scale, run.sampler, grids.prompts)
     print(f"figures written to {out}: {' '.join(written)}")
 
 
-def text_figures(pipe: DiffusionPipeline, run: "DiffusionRun", prompts: tuple[str, ...], out: Path) -> list[str]:
-    """The text-to-image figures of a text-conditioned run, from its sample prompts: a prompt grid,
-    cross-attention maps, an img2img strength sweep and inpainting (their inputs are images
-    drawn from the first prompts, so they need no data)."""
-    w, n = run.guidance.guidance_scale, min(4, len(prompts))
-    prompt_grid(pipe, list(prompts), out / "prompt_grid.png", w, sampler=run.sampler)
+def sample_figures(pipe: DiffusionPipeline, out: str | Path, guidance_scale: float,
+                   sampler: SamplerConfig | str | None = None, prompts=()) -> list[str]:
+    """The figures drawn from the model alone (no data; `sdlab-sample --figures` and --visualize):
+    the reverse process of one sample (class 0, or the first prompt), the latent pipeline of a
+    latent model, the class grid and guidance sweep of a class-conditional one, and
+    `text_figures` of a text-conditioned one for `prompts`. Returns the file names written."""
+    out = Path(out)
+    trajectory = Trajectory()
+    first = {"labels": torch.zeros(1, dtype=torch.long, device=pipe.device)} if pipe.classes else {}
+    if pipe.tokenizer is not None:
+        first = {"prompt": list(prompts[:1])}
+    pipe(1, guidance_scale=guidance_scale, sampler=sampler, trajectory=trajectory,
+         generator=torch.Generator(pipe.device).manual_seed(0), **first)
+    reverse_process(trajectory, out / "reverse_process.png", decode=pipe.decode)
+    written = ["reverse_process.png"]
+    if pipe.vae is not None:
+        latent_pipeline(trajectory, pipe.decode, out / "latent_pipeline.png")
+        written.append("latent_pipeline.png")
+    if pipe.classes:
+        class_grid(pipe, out / "class_grid.png", guidance_scale, sampler=sampler)
+        guidance_sweep(pipe, out / "guidance_sweep.png", sampler=sampler)
+        written += ["class_grid.png", "guidance_sweep.png"]
+    if pipe.tokenizer is not None:
+        written += text_figures(pipe, prompts, out, guidance_scale, sampler)
+    return written
+
+
+def text_figures(pipe: DiffusionPipeline, prompts, out: str | Path, guidance_scale: float,
+                 sampler: SamplerConfig | str | None = None) -> list[str]:
+    """The text-to-image figures of a text-conditioned model for `prompts`: a prompt grid,
+    cross-attention maps of the first prompt, an img2img strength sweep and inpainting of the
+    centre (their inputs are images drawn from the first prompts, each edited toward the next
+    prompt, so they need no data). Returns the file names written into `out`."""
+    out, prompts, w = Path(out), list(prompts), guidance_scale
+    n = min(4, len(prompts))
+    prompt_grid(pipe, prompts, out / "prompt_grid.png", w, sampler=sampler)
     cross_attention_maps(pipe, prompts[0], out / "cross_attention.png", w)
-    inits = pipe(n, prompt=list(prompts[:n]), guidance_scale=w, sampler=run.sampler,
+    inits = pipe(n, prompt=prompts[:n], guidance_scale=w, sampler=sampler,
                  generator=torch.Generator(pipe.device).manual_seed(1))
     others = [prompts[(i + 1) % len(prompts)] for i in range(n)]
-    img2img_sweep(pipe, inits, others, out / "img2img.png", w, sampler=run.sampler)
+    img2img_sweep(pipe, inits, others, out / "img2img.png", w, sampler=sampler)
     side = inits.shape[-1]
     mask = torch.zeros(1, 1, side, side)
     mask[..., side // 4: 3 * side // 4, side // 4: 3 * side // 4] = 1
-    inpainting_example(pipe, inits, others, mask, out / "inpainting.png", w, sampler=run.sampler)
+    inpainting_example(pipe, inits, others, mask, out / "inpainting.png", w, sampler=sampler)
     return ["prompt_grid.png", "cross_attention.png", "img2img.png", "inpainting.png"]
 
 
@@ -224,7 +243,7 @@ def train_diffusion(run: DiffusionRun) -> Trained:
         stored_tokens = (resumed or {}).get("config", {}).get("tokenizer")
         splits, tokenizer = captioned_splits(load_data(run.data, train_cfg, dist), run.text, train_cfg.seed,
                                              stored_tokens and Tokenizer.from_state(stored_tokens))
-        run_extra["tokenizer"] = tokenizer.state()
+        run_extra.update(tokenizer=tokenizer.state(), sample_prompts=list(sample_prompts(splits.test.captions)))
         if run.data.hflip and any(w in ("left", "right") for c in splits.train.captions for w in words(c)):
             run = dataclasses.replace(run, data=dataclasses.replace(run.data, hflip=False))
             if dist.is_main:
@@ -272,7 +291,7 @@ def train_diffusion(run: DiffusionRun) -> Trained:
     pipe = DiffusionPipeline(model, schedule, diff_cfg.prediction, vae,
                              run_extra.get("latent_vae", {}).get("scale_factor", 1.0),
                              splits.train.classes if guide_cfg.class_cond else (), run_config, tokenizer=tokenizer)
-    grids = SampleGrid(pipe, run, sample_prompts(splits.test.captions) if tokenizer else ())
+    grids = SampleGrid(pipe, run, tuple(run_extra.get("sample_prompts", ())))
     metrics = None
     if run.quality.eval_every:      # rank 0 scores (decoded) images against the real pixels
         metrics = (Scorer(run.quality, device).during_training(pipe, run.data, train_cfg.save_dir,

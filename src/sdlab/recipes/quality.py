@@ -76,7 +76,8 @@ def draw_samples(pipe: DiffusionPipeline, num: int, *, labels: torch.Tensor | No
     chunks = []
     with autocast(device, default_precision(device) if precision == "auto" else precision):
         for start in range(0, num, batch_size):
-            part = None if labels is None else labels[start:start + batch_size].to(device)
+            # a text model's labels only name the class each prompt asks for (for scoring)
+            part = None if labels is None or prompts is not None else labels[start:start + batch_size].to(device)
             words = None if prompts is None else prompts[start:start + batch_size]
             chunks.append(pipe(min(batch_size, num - start), labels=part, prompt=words, guidance_scale=guidance_scale,
                                generator=g, progress=progress, sampler=sampler, **options).float().cpu())
