@@ -235,7 +235,7 @@ def test_captions_from_class_templates_and_from_metadata_jsonl(tmp_path):
 
 # ---------------------------------------------------------------- end to end
 
-def test_tiny_text_to_image_run_from_the_command_line(tmp_path):
+def test_tiny_text_to_image_run_from_the_command_line(tmp_path, capsys):
     run = tmp_path / "t2i"
     trained = run_script(["train_diffusion.py", "--dataset", "scenes", "--text-cond", "--synthetic-size", "48",
                           "--imgsz", "16", "--batch", "16", "--epochs", "1", "--device", "cpu", "--hidden-dim", "8",
@@ -251,18 +251,19 @@ def test_tiny_text_to_image_run_from_the_command_line(tmp_path):
     init = tmp_path / "init.png"
     from PIL import Image
     Image.fromarray(to_uint8(make_scenes(1, 16).images.float() / 127.5 - 1)[0].permute(1, 2, 0).numpy()).save(init)
+    from sdlab.cli import sample                           # in this process: no torch start-up per call
+
     for extra in ([], ["--init-image", init, "--strength", "0.5"], ["--init-image", init, "--mask", init]):
         out = tmp_path / f"out{len(extra)}.png"
-        sampled = run_script(["-m", "sdlab.cli.sample", run / "best.pt", "--prompt", "a large red disc in the centre",
-                              "--negative-prompt", "a purple square", "--guidance-scale", "3", "--num-samples", "2",
-                              "--steps", "3", *extra, "--out", out], cwd=tmp_path)
-        assert sampled.returncode == 0, sampled.stderr
-        assert out.stat().st_size > 0 and "read as <unk>: purple" in sampled.stderr
-    wrong = run_script(["-m", "sdlab.cli.sample", run / "best.pt", "--mask", init], cwd=tmp_path)
-    assert wrong.returncode == 2 and "need --init-image" in wrong.stderr
-    figures = run_script(["-m", "sdlab.cli.sample", run / "best.pt", "--figures", tmp_path / "figs",
-                          "--guidance-scale", "3", "--steps", "3"], cwd=tmp_path)     # the run's sample prompts
-    assert figures.returncode == 0, figures.stderr
+        sample.main([str(run / "best.pt"), "--prompt", "a large red disc in the centre", "--negative-prompt",
+                     "a purple square", "--guidance-scale", "3", "--num-samples", "2", "--steps", "3",
+                     *map(str, extra), "--out", str(out)])
+        assert out.stat().st_size > 0 and "read as <unk>: purple" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        sample.main([str(run / "best.pt"), "--mask", str(init)])
+    assert stop.value.code == 2 and "need --init-image" in capsys.readouterr().err
+    sample.main([str(run / "best.pt"), "--figures", str(tmp_path / "figs"), "--guidance-scale", "3",
+                 "--steps", "3"])                                          # the run's sample prompts
     for name in ("reverse_process.png", "prompt_grid.png", "cross_attention.png", "img2img.png", "inpainting.png"):
         assert (tmp_path / "figs" / name).stat().st_size > 0, name
 
