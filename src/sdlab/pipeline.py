@@ -196,10 +196,14 @@ class DiffusionPipeline:
             raise ValueError("this model is not class-conditional (train with --class-cond)")
         return labels, len(self.classes)
 
+    def repaint_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """A mask (B or 1, 1, H, W) in [0, 1] -> 1 where to repaint (above 0.5), else 0, on the device."""
+        return (mask.float().to(self.device) > 0.5).float()
+
     def known_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """A pixel mask (B or 1, 1, H, W), 1 = repaint, at the model's resolution: a latent cell
         is kept only when every pixel it covers is kept."""
-        mask = (mask.float().to(self.device) > 0.5).float()
+        mask = self.repaint_mask(mask)
         side = self.sample_shape[-1]
         if mask.shape[-1] != side:
             mask = torch.nn.functional.adaptive_max_pool2d(mask, side)
@@ -254,7 +258,7 @@ class DiffusionPipeline:
             return z
         images = self.decode(z)
         if mask is not None:        # the kept pixels exactly, also through a VAE
-            repaint = (mask.float().to(self.device) > 0.5).float()
+            repaint = self.repaint_mask(mask)
             images = repaint * images + (1 - repaint) * init_image.float().to(self.device)
         return images
 

@@ -93,7 +93,7 @@ def text_options(parser: Parser, args, pipe: DiffusionPipeline) -> tuple[list[st
         try:
             options["init_image"] = to_unit_range(torch.tensor(decode_image(args.init_image, size)).permute(2, 0, 1)[None])
             if args.mask:
-                options["mask"] = (torch.tensor(decode_image(args.mask, size)).float().mean(-1) > 127.5).float()[None, None]
+                options["mask"] = torch.tensor(decode_image(args.mask, size)).float().mean(-1)[None, None] / 255
         except (DataError, FileNotFoundError) as err:
             parser.error(f"--init-image/--mask: {err}")
         if args.strength is not None:
