@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sdlab.checkpoint import load_checkpoint
-from sdlab.classifier import Classifier, ClassifierConfig, classifier_loss, translate
+from sdlab.classifier import Classifier, ClassifierConfig, PatchWhitening, classifier_loss, translate
 from sdlab.data import DataConfig, to_uint8
 from sdlab.pipeline import DiffusionPipeline
 from sdlab.errors import UserError
@@ -66,6 +66,25 @@ def test_translation_moves_every_image_by_at_most_the_shift():
         matches = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
                    if torch.equal(centre[b], images[b, :, 1 + dy:5 + dy, 1 + dx:5 + dx])]
         assert len(matches) == 1
+
+
+def test_patch_whitening_gives_the_patches_the_closed_form_second_moment():
+    g = torch.Generator().manual_seed(0)
+    mix = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.3, 0.0], [0.6, 0.5, 0.2]])      # correlated channels
+    images = torch.einsum("oc,nchw->nohw", mix, torch.randn(40, 3, 9, 9, generator=g))
+    images = images + images.roll(1, dims=3)                                     # correlated neighbours
+    stem = PatchWhitening(3)
+    stem.fit(images)
+    z = torch.nn.functional.conv2d(images.double(), stem.weight.double())        # (N, 24, 8, 8), no bias
+    d = z.shape[1] // 2
+    assert torch.allclose(z[:, d:], -z[:, :d])                                    # each filter and its negative
+    z = z[:, :d].permute(0, 2, 3, 1).reshape(-1, d)
+    patches = images.double().unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, d)
+    lam = torch.linalg.eigvalsh(patches.T @ patches / len(patches))
+    # z = (Lambda + eps)^(-1/2) U^T p, so E[z z^T] = diag(lambda / (lambda + eps)) exactly
+    expected = torch.diag(lam / (lam + stem.eps))
+    assert torch.allclose(z.T @ z / len(z), expected, atol=1e-6)
+    assert lam.max() / lam.min() > 100 and expected.diagonal().min() > 0.9     # far from white -> nearly white
 
 
 def test_classifier_features_and_loss_terms():

@@ -75,7 +75,8 @@ def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, 
 
 class ClassifierFeatures(nn.Module):
     """uint8 images (B, C, H, W) -> (penultimate features (B, d), class probabilities (B, K)) of
-    a trained `classifier.Classifier`."""
+    a trained `classifier.Classifier` (features of the image as given; probabilities from its
+    test-time logits, `Classifier.predict`)."""
 
     def __init__(self, classifier: nn.Module):
         super().__init__()
@@ -84,8 +85,9 @@ class ClassifierFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.classifier.features(to_unit_range(images))
-        return features.float(), self.classifier.head(features).float().softmax(1)
+        x = to_unit_range(images)
+        features = self.classifier.features(x)
+        return features.float(), self.classifier.predict(x, features).float().softmax(1)
 
 
 class InceptionFeatures(nn.Module):

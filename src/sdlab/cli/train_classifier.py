@@ -25,7 +25,7 @@ DEFAULTS = {"batch_size": 256, "epochs": 8, "lr": 3e-3, "weight_decay": 0.05, "s
 def build_parser():
     parser = shared_parser("sdlab-train-classifier", "Train the classifier of the offline sample-"
                            "quality metric (FD-classifier and class accuracy of samples).")
-    add_config_flags(parser, ClassifierConfig, "classifier", skip=("in_channels", "num_classes"))
+    add_config_flags(parser, ClassifierConfig, "classifier", skip=("in_channels", "num_classes", "test_flip"))
     return parser
 
 

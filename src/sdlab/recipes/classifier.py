@@ -15,10 +15,13 @@ import torch
 
 from ..classifier import Classifier, ClassifierConfig, classifier_loss
 from ..config import from_stored
-from ..data import DataConfig
+from ..data import DataConfig, to_unit_range
 from ..pipeline import load_trained, load_weights, trained_weights
 from ..trainer import TrainConfig, Trainer
 from .run import Trained, build_loaders, prepare_run, report, save_run_config, start_run
+
+
+WHITENING_IMAGES = 5000     # training images the whitening stem's patch statistics are taken from
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,10 @@ def train_classifier(run: ClassifierRun) -> Trained:
     torch.manual_seed(run.train.seed)
     splits, train_loader, val_loader = build_loaders(run.data, run.train, device, dist=dist)
     cfg = dataclasses.replace(run.classifier, in_channels=splits.train.channels,
-                              num_classes=len(splits.train.classes))
-    model = Classifier(cfg).to(device)
+                              num_classes=len(splits.train.classes), test_flip=run.data.hflip)
+    model = Classifier(cfg)
+    model.stem.fit(to_unit_range(splits.train.images[:WHITENING_IMAGES]))   # a resumed run loads its own
+    model = model.to(device)
     if dist.is_main:
         print(f"classifier: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
               f"{cfg.num_classes} classes, {len(splits.train)} train / {len(splits.test)} val images, "
