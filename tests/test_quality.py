@@ -91,9 +91,16 @@ def test_classifier_features_and_loss_terms():
     cfg = ClassifierConfig(widths=(8, 16), num_classes=4)
     model = Classifier(cfg)
     x = torch.rand(5, 3, 16, 16) * 2 - 1
+    model.stem.fit(x)
     assert model(x).shape == (5, 4) and model.features(x).shape == (5, 16)
     terms = classifier_loss(model, x, torch.tensor([0, 1, 2, 3, 0]), cfg, step=None)
     assert set(terms) == {"loss", "accuracy", "nll"} and 0 <= terms["accuracy"] <= 1
+    model.eval()
+    both = (model(x) + model(x.flip(-1))) / 2                  # test-time logits: the flip average
+    assert torch.allclose(model.predict(x), both, atol=1e-6) and not torch.allclose(both, model(x))
+    model.cfg = ClassifierConfig(widths=(8, 16), num_classes=4, test_flip=False)   # data without flips
+    assert torch.equal(model.predict(x), model(x))
+    model.cfg = cfg
     features, probs = ClassifierFeatures(model)(torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8))
     assert features.shape == (5, 16) and torch.allclose(probs.sum(1), torch.ones(5))
 
@@ -108,6 +115,15 @@ def test_the_classifier_recipe_learns_synthetic_shapes_and_reloads(tmp_path):
     assert history[-1]["train/loss"] < history[0]["train/loss"]
     model, classes = load_classifier(str(tmp_path / "best.pt"), torch.device("cpu"))
     assert classes[:2] == ("disc", "square") and model.cfg.num_classes == 10
+    assert model.stem.weight.abs().sum() > 0                    # the fitted whitening filters were saved
+
+
+def test_a_classifier_too_deep_for_its_images_is_a_user_error(tmp_path):
+    run = ClassifierRun(data=DataConfig(dataset="synthetic", synthetic_size=40, image_size=8, batch_size=20),
+                        train=TrainConfig(epochs=1, save_dir=str(tmp_path), device="cpu"),
+                        classifier=ClassifierConfig(widths=(8, 16, 32)))
+    with pytest.raises(UserError, match="--widths: 3 stages halve 8-pixel images"):
+        train_classifier(run)
 
 
 def test_missing_inception_weights_say_which_file_to_fetch(tmp_path, monkeypatch):

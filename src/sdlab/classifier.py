@@ -52,7 +52,9 @@ class PatchWhitening(nn.Module):
     so the responses have (nearly) the identity second moment: no direction of pixel space
     starts out louder than another, and the first learned layer sees decorrelated inputs. Each
     filter comes with its negative (2d channels) so that the activation that follows keeps both
-    signs. The filters are a buffer (fitted, never trained); the bias is learned."""
+    signs. The filters are a buffer (fitted, never trained); the bias is learned. `eps` (in the
+    units of [-1, 1] pixels, squared) keeps the faintest directions, JPEG noise among them, from
+    being amplified without bound."""
 
     PATCH = 2
 
@@ -116,8 +118,9 @@ class Classifier(nn.Module):
 
     def predict(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """Test-time logits: those of x, averaged with those of its mirror image when the classifier
-        was trained on flipped images too (`cfg.test_flip`; test-time augmentation, worth about a
-        point of CIFAR-10 accuracy). `features`: self.features(x), when already computed."""
+        was trained on flipped images too (`cfg.test_flip`; test-time augmentation, measured in
+        BENCHMARKS.md, "Offline quality metric"). `features`: self.features(x), when already
+        computed."""
         logits = self.head(self.features(x) if features is None else features)
         if self.cfg.test_flip:
             logits = (logits + self(x.flip(-1))) / 2

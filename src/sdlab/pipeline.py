@@ -233,11 +233,7 @@ class DiffusionPipeline:
         """
         self.model.eval()
         cond, uncond = self.conditions(num, labels, prompt, negative_prompt)
-        denoiser = self.model
-        if cond is not None and guidance_scale != 1.0:
-            denoiser = guided(self.model, cond, guidance_scale, uncond)
-        elif cond is not None:
-            denoiser = lambda xt, t, _labels: self.model(xt, t, cond)
+        denoiser = self.model if cond is None else guided(self.model, cond, guidance_scale, uncond)
         cfg = sampler_config(sampler, **options)
         # latents are not confined to [-1, 1], so x0 clipping is for pixel models only
         cfg = dataclasses.replace(cfg, clip=cfg.clip and self.vae is None)

@@ -61,9 +61,13 @@ def guided(model, labels: torch.Tensor, scale: float, uncond: int | torch.Tensor
 
     The batch is doubled: the first half carries `labels` (class ids or prompt ids), the second
     `uncond` (the null class id, or the ids of the empty or negative prompt(s)); the two outputs
-    are combined as uncond + scale * (cond - uncond).
+    are combined as uncond + scale * (cond - uncond). At w = 0 and w = 1 only one of the two
+    terms survives, and only that one is computed (half the work).
     """
     null = null_like(labels, uncond)
+    if scale in (0.0, 1.0):
+        only = null if scale == 0.0 else labels
+        return lambda xt, t, _labels=None: model(xt, t, only)
 
     def denoiser(xt: torch.Tensor, t: torch.Tensor, _labels=None) -> torch.Tensor:
         out = model(torch.cat([xt, xt]), torch.cat([t, t]), torch.cat([labels, null]))

@@ -16,6 +16,7 @@ import torch
 from ..classifier import Classifier, ClassifierConfig, classifier_loss
 from ..config import from_stored
 from ..data import DataConfig, to_unit_range
+from ..errors import UserError
 from ..pipeline import load_trained, load_weights, trained_weights
 from ..trainer import TrainConfig, Trainer
 from .run import Trained, build_loaders, prepare_run, report, save_run_config, start_run
@@ -44,6 +45,10 @@ def train_classifier(run: ClassifierRun) -> Trained:
     splits, train_loader, val_loader = build_loaders(run.data, run.train, device, dist=dist)
     cfg = dataclasses.replace(run.classifier, in_channels=splits.train.channels,
                               num_classes=len(splits.train.classes), test_flip=run.data.hflip)
+    size = splits.train.images.shape[-1] - 1            # after the 2x2 whitening stem
+    if size >> len(cfg.widths) < 1:
+        raise UserError(f"--widths: {len(cfg.widths)} stages halve {size + 1}-pixel images to nothing; "
+                        f"give fewer widths or a larger --image-size")
     model = Classifier(cfg)
     model.stem.fit(to_unit_range(splits.train.images[:WHITENING_IMAGES]))   # a resumed run loads its own
     model = model.to(device)
