@@ -88,6 +88,12 @@ def conv_bn(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout)]
 
 
+def feature_map_size(cfg: ClassifierConfig, image_size: int) -> int:
+    """Side of the last stage's map for `image_size` inputs: the whitening stem takes one pixel,
+    each stage's max pool halves (rounding down). Below 1 the network does not fit the images."""
+    return (image_size - PatchWhitening.PATCH + 1) >> len(cfg.widths)
+
+
 class Classifier(nn.Module):
     """(B, C, H, W) images in [-1, 1] -> (B, num_classes) logits; `features` gives the pooled
     (B, widths[-1]) penultimate features the Fréchet distance is measured in."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..classifier import Classifier, ClassifierConfig, classifier_loss
+from ..classifier import Classifier, ClassifierConfig, classifier_loss, feature_map_size
 from ..config import from_stored
 from ..data import DataConfig, to_unit_range
 from ..errors import UserError
@@ -45,12 +45,13 @@ def train_classifier(run: ClassifierRun) -> Trained:
     splits, train_loader, val_loader = build_loaders(run.data, run.train, device, dist=dist)
     cfg = dataclasses.replace(run.classifier, in_channels=splits.train.channels,
                               num_classes=len(splits.train.classes), test_flip=run.data.hflip)
-    size = splits.train.images.shape[-1] - 1            # after the 2x2 whitening stem
-    if size >> len(cfg.widths) < 1:
-        raise UserError(f"--widths: {len(cfg.widths)} stages halve {size + 1}-pixel images to nothing; "
+    size = splits.train.images.shape[-1]
+    if feature_map_size(cfg, size) < 1:
+        raise UserError(f"--widths: {len(cfg.widths)} stages halve {size}-pixel images to nothing; "
                         f"give fewer widths or a larger --image-size")
     model = Classifier(cfg)
-    model.stem.fit(to_unit_range(splits.train.images[:WHITENING_IMAGES]))   # a resumed run loads its own
+    if resumed is None:                                   # a resumed run loads its fitted filters
+        model.stem.fit(to_unit_range(splits.train.images[:WHITENING_IMAGES]))
     model = model.to(device)
     if dist.is_main:
         print(f"classifier: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
