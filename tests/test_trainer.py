@@ -355,3 +355,129 @@ def test_resuming_from_a_checkpoint_of_another_kind_is_a_clear_error(tmp_path):
     other.run_config = {"kind": "vae"}
     with pytest.raises(CheckpointError, match="a None checkpoint cannot resume a vae run"):
         other.fit()
+
+
+# ------------------------------------------------------------ several optimizers
+
+
+class GenCritic(nn.Module):
+    """A generator (no dropout, so its trajectory does not depend on who else runs it) and a critic."""
+
+    def __init__(self):
+        super().__init__()
+        self.gen = nn.Conv2d(3, 3, 3, padding=1)
+        self.critic = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Dropout(0.2), nn.Conv2d(4, 1, 1))
+
+
+def gen_loss(model, images, labels, generator=None, step=None):
+    noise = NoiseSource.of(generator).normal(images)
+    mse = (model.gen(images + 0.3 * noise) - images).pow(2).mean()
+    return {"loss": mse, "mse": mse.detach()}
+
+
+def critic_loss(model, images, labels, generator=None, step=None):
+    """Not detached from the generator: only the trainer keeps its gradients out of model.gen. It
+    draws no noise, so the generator's draws are the same with or without it."""
+    fake = model.gen(images)
+    real, fake = model.critic(images).mean(), model.critic(fake).mean()
+    return {"loss": (1 - real).relu() + (1 + fake).relu(), "real": real.detach()}
+
+
+def make_pair_trainer(tmp_path, critic=critic_loss, starts_at=0, critic_too=True, **overrides):
+    from sdlab.trainer import Update
+
+    torch.manual_seed(0)
+    model = GenCritic()
+    cfg = TrainConfig(**{"epochs": 4, "lr": 1e-2, "save_dir": str(tmp_path / "out"), "log_every": 1,
+                         "device": "cpu", **overrides})
+    updates = [Update(gen_loss, model.gen, "gen")]
+    if critic_too:
+        updates.append(Update(critic, model.critic, "critic", lr=3e-3, betas=(0.5, 0.9), starts_at=starts_at))
+    train_loader = BatchLoader(make_synthetic(48, 8), 16, shuffle=True, hflip=True, drop_last=True, seed=cfg.seed)
+    val_loader = BatchLoader(make_synthetic(16, 8, seed=1), 16, shuffle=False, hflip=False, drop_last=False)
+    return Trainer(model, updates, train_loader, val_loader, cfg, run_config={"toy": True},
+                   device=torch.device("cpu"))
+
+
+def test_a_second_optimizer_never_moves_the_first_ones_parameters(tmp_path):
+    # the critic's loss runs through the generator, yet the generator's weights follow exactly
+    # the path they follow with no critic at all
+    alone = make_pair_trainer(tmp_path / "alone", critic_too=False, epochs=2)
+    alone.fit()
+    pair = make_pair_trainer(tmp_path / "pair", epochs=2)
+    before = pair.model.critic[0].weight.clone()
+    pair.fit()
+    for a, b in zip(alone.model.gen.parameters(), pair.model.gen.parameters()):
+        assert torch.equal(a, b)
+    assert not torch.equal(before, pair.model.critic[0].weight)
+    assert all(p.requires_grad for p in pair.model.parameters())     # switched back after each update
+    groups = pair.optimizers[1].optimizer.param_groups
+    assert groups[0]["betas"] == (0.5, 0.9) and pair.history[-1]["lr_critic"] == pytest.approx(3e-3)
+    assert {"train/loss", "train/critic_loss", "train/critic_real", "val/critic_loss"} <= set(pair.history[-1])
+    assert pair.history[-1]["val/loss"] == pytest.approx(alone.history[-1]["val/loss"], abs=0)
+    state = load_checkpoint(tmp_path / "pair" / "out" / "last.pt")
+    assert set(state["updates"]) == {"critic"}
+    assert {"optimizer", "lr_schedule", "scaler"} <= set(state["updates"]["critic"])
+
+
+def test_an_update_that_starts_later_neither_runs_nor_steps_before(tmp_path):
+    calls, losses = [], []
+
+    def counted(model, images, labels, generator=None, step=None):
+        calls.append(step)
+        terms = critic_loss(model, images, labels, generator)
+        if step is not None:
+            losses.append(terms["loss"].item())
+        return terms
+
+    trainer = make_pair_trainer(tmp_path, counted, starts_at=4, epochs=2)
+    before = trainer.model.critic[0].weight.clone()
+    trainer.fit()
+    assert [s for s in calls if s is not None] == [4, 5]      # training calls; validation has step None
+    assert "train/critic_loss" not in trainer.history[0] and "train/critic_loss" in trainer.history[1]
+    assert not torch.equal(before, trainer.model.critic[0].weight)
+    # epoch 2's mean counts only the two batches the critic ran on, not all three
+    assert trainer.history[1]["train/critic_loss"] == pytest.approx(sum(losses) / 2, rel=1e-12)
+    assert trainer.optimizers[1].optimizer.state[trainer.optimizers[1].params[0]]["step"].item() == 2
+
+
+def test_two_optimizers_resume_bitwise(tmp_path):
+    settings = dict(epochs=4, ema_decay=0.9, scheduler="cosine", warmup_steps=2, grad_accum=2, precision="bf16")
+    full = make_pair_trainer(tmp_path / "full", starts_at=1, **settings)
+    full.fit()
+    holder = {}
+
+    def signal_in_epoch_3(model, images, labels, generator=None, step=None):
+        if step == 4:
+            holder["trainer"].request_stop(signal.SIGINT)
+        return critic_loss(model, images, labels, generator)
+
+    cut = holder["trainer"] = make_pair_trainer(tmp_path / "cut", signal_in_epoch_3, starts_at=1, **settings)
+    with pytest.raises(TrainingStopped):
+        cut.fit()
+    assert load_checkpoint(tmp_path / "cut" / "out" / "last.pt")["batch"] == 2
+    torch.manual_seed(123)
+    resumed = make_pair_trainer(tmp_path / "cut", resume="last", starts_at=1, **settings)
+    resumed.fit()
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    for a, b in zip(full.ema.model.parameters(), resumed.ema.model.parameters()):
+        assert torch.equal(a, b)
+    for f, r in zip(full.optimizers, resumed.optimizers):
+        for p, q in zip(f.params, r.params):
+            assert torch.equal(f.optimizer.state[p]["exp_avg_sq"], r.optimizer.state[q]["exp_avg_sq"])
+    assert full.history == resumed.history
+
+
+def test_updates_must_not_share_parameters_or_names(tmp_path):
+    from sdlab.config import ConfigError
+    from sdlab.trainer import Update
+
+    model = GenCritic()
+    loaders = [BatchLoader(make_synthetic(8, 8), 4, shuffle=False, hflip=False, drop_last=False)] * 2
+    cfg = TrainConfig(save_dir=str(tmp_path), device="cpu")
+    for updates, message in (([Update(gen_loss, model.gen, "a"), Update(critic_loss, model, "b")], "shares"),
+                             ([Update(gen_loss, model.gen, "a"), Update(critic_loss, model.critic, "a")], "differ"),
+                             ([Update(gen_loss, model.gen, "a", starts_at=3)], "start at step 0")):
+        with pytest.raises(ConfigError, match=message):
+            Trainer(model, updates, *loaders, cfg, run_config={}, device=torch.device("cpu"))
