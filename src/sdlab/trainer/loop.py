@@ -71,25 +71,23 @@ class Trainer:
         self.frozen, self.dist, self.epoch_metrics = frozen or {}, dist, epoch_metrics
         if cfg.select_by.startswith("eval/") and epoch_metrics is None:
             raise ConfigError("select_by", f"{cfg.select_by} is measured only with --eval-every N")
-        # One update of the whole model trains through DistributedDataParallel (gradients averaged
-        # during backward); otherwise parameters no update owns are frozen and each optimizer
-        # averages its own gradients before it steps.
-        self.ddp = dist.world > 1 and len(updates) == 1 and updates[0].module is None
-        if updates[0].module is not None or len(updates) > 1:
-            owned = {id(p) for u in updates for p in (u.module or model).parameters()}
-            for p in model.parameters():
-                if id(p) not in owned:
-                    p.requires_grad_(False)
-        self.net = dist.wrap(model, device) if self.ddp else model    # what training calls
-        self.noise = torch.Generator(device).manual_seed(cfg.seed)   # the loss's draws, same on every rank
-        if dist.world > 1:                        # dropout: a stream of each process's own
-            torch.manual_seed(dropout_seed(cfg.seed, dist.rank))
-        self.save_dir = Path(cfg.save_dir)
         self.steps_per_epoch = math.ceil(len(train) / cfg.grad_accum)
         total = cfg.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
         self.optimizers = [Optimizer(u, model, cfg, self.steps_per_epoch, self.total_steps, device)
                            for u in updates]
+        owned = {id(p) for opt in self.optimizers for p in opt.params}
+        for p in model.parameters():           # parameters no update owns are not trained
+            if id(p) not in owned:
+                p.requires_grad_(False)
+        # One update of the whole model trains through DistributedDataParallel (gradients averaged
+        # during backward); otherwise each optimizer averages its own gradients before it steps.
+        self.ddp = dist.world > 1 and len(updates) == 1 and updates[0].module is None
+        self.net = dist.wrap(model, device) if self.ddp else model    # what training calls
+        self.noise = torch.Generator(device).manual_seed(cfg.seed)   # the loss's draws, same on every rank
+        if dist.world > 1:                        # dropout: a stream of each process's own
+            torch.manual_seed(dropout_seed(cfg.seed, dist.rank))
+        self.save_dir = Path(cfg.save_dir)
         self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.epoch = 0          # completed epochs
         self.batch = 0          # batches done within the current epoch (non-zero after a signal)
@@ -208,7 +206,7 @@ class Trainer:
         sync = stepping or not self.ddp
         with self._trains_only(opt), nullcontext() if sync else self.net.no_sync():
             with autocast(self.device, self.cfg.precision):
-                terms = opt.losses(self.net, images, labels, noise, self.step)
+                terms = opt.update.loss_fn(self.net, images, labels, generator=noise, step=self.step)
             values = self._named(opt, self.stops.agree(terms, images.shape[0]))
             self._check_finite(values)
             opt.backward(terms["loss"], self.cfg.grad_accum)
@@ -316,7 +314,7 @@ class Trainer:
             for opt in self.optimizers:
                 if images.shape[0]:       # a process's share of the last batch may be empty
                     with autocast(self.device, self.cfg.precision):
-                        terms[opt] = opt.losses(model, images, labels, noise, None)
+                        terms[opt] = opt.update.loss_fn(model, images, labels, generator=noise, step=None)
                 means.add(self._named(opt, self.stops.agree(terms[opt], images.shape[0])), total)
             if stop_on_signal and self.stops.signal is not None:
                 self._stop_for_signal()

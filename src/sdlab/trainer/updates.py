@@ -75,9 +75,6 @@ class Optimizer:
     def active(self, step: int) -> bool:
         return step >= self.update.starts_at
 
-    def losses(self, net: nn.Module, images, labels, generator, step: int | None) -> dict:
-        return self.update.loss_fn(net, images, labels, generator=generator, step=step)
-
     def backward(self, loss: torch.Tensor, grad_accum: int) -> None:
         self.scaler.scale(loss / grad_accum).backward()
 
