@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from sdlab.checkpoint import state_digest
+from sdlab.conditioning import ClassCondition
 from sdlab.data import make_synthetic
 from sdlab.diffusion import NoiseSchedule
 from sdlab.diffusion.guidance import drop_labels, guided
@@ -82,7 +83,7 @@ def test_latent_sample_path_decodes_to_images_in_range():
                           image_size=4, num_classes=2)).eval()
     torch.nn.init.normal_(net.conv_out.weight, std=1.0)   # wild outputs, so clamping matters
     pipe = DiffusionPipeline(net, NoiseSchedule.create("linear", 20), vae=vae, scale_factor=0.5,
-                             classes=("a", "b"))
+                             conditioning=ClassCondition(("a", "b")))
     images = pipe(3, labels=torch.tensor([0, 1, 0]), guidance_scale=3.0, sampler="ddim", sample_steps=4,
                   generator=torch.Generator().manual_seed(0))
     assert images.shape == (3, 3, 16, 16)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sdlab.captions import class_captions, with_captions
+from sdlab.conditioning import TextCondition
 from sdlab.data import DataConfig, DataError, load_splits, make_synthetic, to_uint8
 from sdlab.diffusion import NoiseSchedule
 from sdlab.diffusion.guidance import drop_labels, guided
@@ -43,7 +44,7 @@ def tiny_pipe(vae=None, channels=3, image_size=16) -> DiffusionPipeline:
     model, tokenizer = tiny_model(channels=channels, image_size=image_size)
     schedule = NoiseSchedule.create("linear", 50)
     config = {"latent_vae": {"vae_image_size": 16}} if vae is not None else {}
-    return DiffusionPipeline(model, schedule, "eps", vae, 1.0, (), config, tokenizer=tokenizer)
+    return DiffusionPipeline(model, schedule, "eps", vae, 1.0, TextCondition(TEXT, tokenizer), config)
 
 
 # ---------------------------------------------------------------- tokenizer

@@ -24,14 +24,13 @@ from dataclasses import dataclass, field
 import torch
 
 from .checkpoint import CheckpointError, checkpoint_kind, load_checkpoint, state_digest
+from .conditioning import Unconditional, build_denoiser
 from .errors import first_line
 from .config import from_stored
 from .diffusion import DiffusionConfig, NoiseSchedule, SamplerConfig, Trajectory, sample, sampler_config
-from .diffusion.guidance import guided
 from .latent import decode_latents
 from .runtime import memory_format
-from .text import TextConditionedUNet, TextConfig, Tokenizer
-from .unet import UNet, UNetConfig
+from .text import Tokenizer
 from .vae import VAE, VAEConfig
 
 
@@ -102,17 +101,16 @@ class DiffusionPipeline:
     prediction: str = "eps"
     vae: VAE | None = None            # latent models decode through it
     scale_factor: float = 1.0
-    classes: tuple[str, ...] = ()     # non-empty for class-conditional models
+    conditioning: Unconditional = field(default_factory=Unconditional)   # class ids, prompts or nothing
     config: dict = field(default_factory=dict)   # the run config stored in the checkpoint
     layout: torch.memory_format | None = None    # None: the device's (runtime.memory_format)
-    tokenizer: Tokenizer | None = None            # text-conditioned models
 
     @classmethod
     def from_checkpoint(cls, path: str, device: torch.device) -> "DiffusionPipeline":
         """Rebuild U-Net (EMA weights when present), schedule and, for latent models, the VAE."""
         state = load_trained(path, device, "diffusion")
         config = state["config"]
-        model, tokenizer = build_denoiser(config)
+        model, conditioning = build_denoiser(config)
         model = model.to(device)
         load_weights(model, trained_weights(state), path)
         latent = config.get("latent_vae") or {}
@@ -124,9 +122,7 @@ class DiffusionPipeline:
                           f"{latent['vae_checkpoint']}, which cannot be checked to be the same")
             vae = load_vae(latent["vae_checkpoint"], device)[0]
         return cls(model.eval(), DiffusionConfig(**config["diffusion"]).make_schedule().to(device),
-                   config["diffusion"]["prediction"], vae, latent.get("scale_factor", 1.0),
-                   tuple(config.get("classes") or ()) if config["unet"]["num_classes"] else (), config,
-                   tokenizer=tokenizer)
+                   config["diffusion"]["prediction"], vae, latent.get("scale_factor", 1.0), conditioning, config)
 
     @property
     def device(self) -> torch.device:
@@ -137,23 +133,24 @@ class DiffusionPipeline:
         cfg = self.model.cfg
         return (cfg.in_channels, cfg.image_size, cfg.image_size)
 
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The classes a user can ask for (non-empty for class-conditional models)."""
+        return self.conditioning.classes
+
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        """The prompt tokenizer of a text-conditioned model (else None)."""
+        return self.conditioning.tokenizer
+
     def class_ids(self, names: list[str]) -> list[int]:
         """Class names or numeric ids -> ids; raises ValueError naming the allowed classes."""
-        ids = []
-        for name in names:
-            if name.isdigit() and int(name) < len(self.classes):
-                ids.append(int(name))
-            elif name in self.classes:
-                ids.append(self.classes.index(name))
-            else:
-                raise ValueError(f"--class {name!r}: choose one of {', '.join(self.classes)} "
-                                 f"or an id 0-{len(self.classes) - 1}")
-        return ids
+        return self.conditioning.class_ids(names)
 
     @property
     def class_names(self) -> tuple[str, ...]:
         """The classes of the training data (also of a text-conditioned or unconditional model)."""
-        return tuple(self.config.get("classes") or ())
+        return self.conditioning.class_names
 
     @property
     def image_size(self) -> int:
@@ -175,26 +172,6 @@ class DiffusionPipeline:
             return images
         with torch.no_grad():
             return self.vae.encode(images).mode() * self.scale_factor
-
-    def tokens(self, prompts: str | list[str] | None, num: int) -> torch.Tensor:
-        """Prompt ids (num, L): one prompt for all, or one per image; None is the empty prompt."""
-        prompts = [prompts or ""] * num if prompts is None or isinstance(prompts, str) else list(prompts)
-        if len(prompts) != num:
-            raise ValueError(f"got {len(prompts)} prompts for {num} images; give one, or one per image")
-        return self.tokenizer.encode(prompts).to(self.device)
-
-    def conditions(self, num: int, labels, prompt, negative_prompt) -> tuple[torch.Tensor | None, int | torch.Tensor]:
-        """(condition, what guidance pushes away from) for a batch: prompt ids and the negative
-        (or empty) prompt's ids, or class ids and the null class, or (None, 0) unconditionally."""
-        if self.tokenizer is not None:
-            if labels is not None:
-                raise ValueError("this model is text-conditioned: give prompts, not class labels")
-            return self.tokens(prompt, num), self.tokens(negative_prompt, num)
-        if prompt is not None or negative_prompt is not None:
-            raise ValueError("this model is not text-conditioned (train with --text-cond); it takes no prompt")
-        if labels is not None and not self.classes:
-            raise ValueError("this model is not class-conditional (train with --class-cond)")
-        return labels, len(self.classes)
 
     def repaint_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """A mask (B or 1, 1, H, W) in [0, 1] -> 1 where to repaint (above 0.5), else 0, on the device."""
@@ -232,8 +209,8 @@ class DiffusionPipeline:
         (pipe(16, sampler="dpmpp_2m", sample_steps=15)).
         """
         self.model.eval()
-        cond, uncond = self.conditions(num, labels, prompt, negative_prompt)
-        denoiser = self.model if cond is None else guided(self.model, cond, guidance_scale, uncond)
+        cond, uncond = self.conditioning.request(num, labels, prompt, negative_prompt, self.device)
+        denoiser = self.conditioning.denoiser(self.model, cond, uncond, guidance_scale)
         cfg = sampler_config(sampler, **options)
         # latents are not confined to [-1, 1], so x0 clipping is for pixel models only
         cfg = dataclasses.replace(cfg, clip=cfg.clip and self.vae is None)
@@ -291,12 +268,3 @@ class DiffusionPipeline:
             out["x_T"] = after_step(x_T, T - 1 if t_start is None else t_start)
         return out
 
-
-def build_denoiser(config: dict) -> tuple[torch.nn.Module, Tokenizer | None]:
-    """The network a diffusion run config describes (U-Net, or text encoder + U-Net) and its
-    tokenizer (None unless text-conditioned)."""
-    unet_cfg = from_stored(UNetConfig, config["unet"])
-    if not (config.get("text") or {}).get("text_cond"):
-        return UNet(unet_cfg), None
-    tokenizer = Tokenizer.from_state(config["tokenizer"])
-    return TextConditionedUNet(unet_cfg, from_stored(TextConfig, config["text"]), len(tokenizer.vocab)), tokenizer

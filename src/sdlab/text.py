@@ -136,8 +136,16 @@ class TextConditionedUNet(nn.Module):
     def cfg(self) -> UNetConfig:
         return self.unet.cfg
 
+    def encode(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) ids -> the U-Net's context: token states (B, L, width) and the mask of real tokens."""
+        return self.text_encoder(ids), ids != PAD_ID
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, context: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The U-Net on encoded prompts (sampling encodes them once, `conditioning.TextCondition`)."""
+        return self.unet(x, t, context=context)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, t, context=(self.text_encoder(ids), ids != PAD_ID))
+        return self.denoise(x, t, self.encode(ids))
 
     def cross_attentions(self) -> list:
         """The U-Net's cross-attention layers, down path to up path."""

@@ -50,7 +50,7 @@ def main(argv=None) -> None:
     images = test.spread(args.num_images)[0]      # evenly spaced: every class of a sorted folder
     for x in images.split(args.batch_size):
         result = nll_bits_per_dim(model, schedule, x, config["diffusion"]["prediction"], timesteps,
-                                  generator=noise)
+                                  labels=pipe.conditioning.null(len(x), device), generator=noise)
         for key in parts:
             parts[key].append(result[key].cpu())
         n += x.shape[0]

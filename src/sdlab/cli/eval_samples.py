@@ -17,6 +17,7 @@ import json
 import time
 from pathlib import Path
 
+from ..conditioning import ConditionError
 from ..data import DATASETS, DataConfig, to_uint8
 from ..diffusion import SamplerConfig
 from ..outputs import writable_dir, writable_file
@@ -73,12 +74,14 @@ def main(argv=None) -> None:
     if args.checkpoint:
         pipe = DiffusionPipeline.from_checkpoint(args.checkpoint, device)
         data = stored_data_config(pipe.config, args.dataset, args.data_dir)
-        if pipe.tokenizer is not None and "{}" not in args.prompt_template:
-            parser.error(f"--prompt-template {args.prompt_template!r} needs a {{}} for the class name")
+        try:
+            pipe.conditioning.balanced(1, args.prompt_template)
+        except ConditionError as err:
+            parser.error(str(err))
         images, labels = draw_samples(pipe, args.num_samples, balanced=True, prompt_template=args.prompt_template,
                                       guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size,
                                       precision=args.precision, progress=True, sampler=sampler)
-        images, names = to_uint8(images), pipe.classes or (pipe.class_names if pipe.tokenizer else ())
+        images, names = to_uint8(images), pipe.class_names
     else:
         if not args.dataset:
             parser.error("--samples needs --dataset (and --data-dir) for the real images")
@@ -91,7 +94,7 @@ def main(argv=None) -> None:
     if args.checkpoint:
         result.update(sampler=sampler.describe(pipe.schedule), nfe=sampler.evaluations(pipe.schedule),
                       guidance_scale=args.guidance_scale, seed=args.seed,
-                      **({"prompt_template": args.prompt_template} if pipe.tokenizer else {}))
+                      conditioning=pipe.conditioning.describe_balanced(args.prompt_template))
     out.write_text(json.dumps(result, indent=1))
     print(f"{result['metric']} {result['fd']:.3f}  KID {result['kid']:.5f} ± {result['kid_std']:.5f}  "
           f"({len(images)} samples vs {result['num_reference']} {result['reference']} images)"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..conditioning import ConditionError
 from ..data import IMAGE_EXTENSIONS, DataError, decode_image, to_unit_range
 from ..diffusion import SamplerConfig
 from ..outputs import writable_dir, writable_file
@@ -68,19 +69,13 @@ def build_parser() -> Parser:
     return parser
 
 
-def text_options(parser: Parser, args, pipe: DiffusionPipeline) -> tuple[list[str] | None, dict]:
-    """--prompt/--negative-prompt (checked against the model and its vocabulary) and the
-    img2img / inpainting inputs read from --init-image and --mask, at the model's image size."""
-    if (args.prompts or args.negative_prompt is not None) and pipe.tokenizer is None:
-        parser.error("--prompt: this checkpoint is not text-conditioned (train with --text-cond)")
-    prompts = None
-    if pipe.tokenizer is not None:
-        texts = args.prompts or [""]
-        unknown = sorted({w for t in [*texts, args.negative_prompt or ""] for w in pipe.tokenizer.unknown(t)})
-        if unknown:
-            print(f"note: not in this model's vocabulary, read as <unk>: {', '.join(unknown)}", file=sys.stderr)
-        prompts = [texts[i % len(texts)] for i in range(args.num_samples)]
-    options = {"negative_prompt": args.negative_prompt} if args.negative_prompt is not None else {}
+def image_options(parser: Parser, args, pipe: DiffusionPipeline) -> dict:
+    """The img2img / inpainting inputs read from --init-image and --mask, at the model's image
+    size (and a note for --prompt words outside the model's vocabulary)."""
+    unknown = pipe.conditioning.unknown([*args.prompts, args.negative_prompt or ""])
+    if unknown:
+        print(f"note: not in this model's vocabulary, read as <unk>: {', '.join(unknown)}", file=sys.stderr)
+    options = {}
     if args.strength is not None and not 0 <= args.strength <= 1:
         parser.error(f"--strength must be in [0, 1] (got {args.strength})")
     if (args.strength is not None or args.mask) and not args.init_image:
@@ -98,19 +93,18 @@ def text_options(parser: Parser, args, pipe: DiffusionPipeline) -> tuple[list[st
             parser.error(f"--init-image/--mask: {err}")
         if args.strength is not None:
             options["strength"] = args.strength
-    return prompts, options
+    return options
 
 
 def write_figures(parser: Parser, args, sampler: SamplerConfig, device: torch.device) -> None:
     """--figures DIR: `recipes.diffusion.sample_figures` for the checkpoint."""
     folder = writable_dir(args.figures, "--figures")
     pipe = DiffusionPipeline.from_checkpoint(args.checkpoint, device)
-    if args.prompts and pipe.tokenizer is None:
-        parser.error("--prompt: this checkpoint is not text-conditioned (train with --text-cond)")
-    prompts = args.prompts or pipe.config.get("sample_prompts") or ()
-    if pipe.tokenizer is not None and not prompts:
-        parser.error("--figures: this checkpoint stores no sample prompts; give them with --prompt")
-    written = sample_figures(pipe, folder, args.guidance_scale, sampler, prompts)
+    try:
+        pipe.conditioning.examples(1, args.prompts)
+    except ConditionError as err:
+        parser.error(str(err))
+    written = sample_figures(pipe, folder, args.guidance_scale, sampler, args.prompts)
     print(f"figures written to {folder}: {' '.join(written)}")
 
 
@@ -131,20 +125,15 @@ def main(argv=None) -> None:
     if args.per_image_dir:
         writable_dir(args.per_image_dir, "--per-image-dir")
     pipe = DiffusionPipeline.from_checkpoint(args.checkpoint, device)
-    labels = None
-    if args.classes:
-        if not pipe.classes:
-            parser.error("--class: this checkpoint is not class-conditional (train with --class-cond)")
-        try:
-            ids = pipe.class_ids(args.classes)
-        except ValueError as err:
-            parser.error(str(err))
-        labels = torch.tensor(ids, device=device).repeat(-(-args.num_samples // len(ids)))[: args.num_samples]
-    prompts, image_options = text_options(parser, args, pipe)
+    try:
+        asked = pipe.conditioning.ask(args.num_samples, args.classes, args.prompts, args.negative_prompt)
+    except ConditionError as err:
+        parser.error(str(err))
+    options = image_options(parser, args, pipe)
     start = time.perf_counter()
-    images, _ = draw_samples(pipe, args.num_samples, labels=labels, prompts=prompts, guidance_scale=args.guidance_scale,
-                             seed=args.seed, batch_size=args.batch_size, precision=args.precision,
-                             progress=True, sampler=sampler, **image_options)
+    images, _ = draw_samples(pipe, args.num_samples, guidance_scale=args.guidance_scale, seed=args.seed,
+                             batch_size=args.batch_size, precision=args.precision, progress=True,
+                             sampler=sampler, **asked, **options)
     seconds = time.perf_counter() - start
     save_grid(images, args.out, nrow=args.nrow)
     if args.per_image_dir:

@@ -9,7 +9,8 @@ toward the conditional one (the paper's eq. (6), written with w = 1 + their w):
 w = 0 is unconditional, w = 1 conditional, w > 1 trades diversity for fidelity to the class.
 
 The condition is a class id (B,) whose null is the extra class K, or a prompt's token ids (B, L)
-whose null is the empty prompt. A *negative prompt* (Stable Diffusion's) is the same formula
+whose null is the empty prompt, or (what sampling hands over, `conditioning.TextCondition`) the
+prompt's token states and mask, encoded once before the loop. A *negative prompt* (Stable Diffusion's) is the same formula
 with the empty prompt replaced: eps_neg + w * (eps_cond - eps_neg) moves away from what the
 negative prompt describes as well as toward the prompt; with the empty prompt it is plain CFG.
 """
@@ -37,9 +38,12 @@ class GuidanceConfig:
         require(self.guidance_scale >= 0, "guidance_scale", f"must be >= 0 (got {self.guidance_scale})")
 
 
-def null_like(labels: torch.Tensor, null: int | torch.Tensor) -> torch.Tensor:
+def null_like(labels, null):
     """The null condition in the shape of `labels`: the null class id (B,), or the empty
-    prompt's ids (L,) repeated to (B, L)."""
+    prompt's ids (L,) repeated to (B, L); an encoded condition (a tuple of tensors) is batched
+    already."""
+    if isinstance(null, tuple):
+        return null
     if isinstance(null, int):
         return torch.full_like(labels, null)
     return null.to(labels.device).expand_as(labels)
@@ -56,11 +60,18 @@ def drop_labels(labels: torch.Tensor, prob: float, null: int | torch.Tensor,
     return torch.where(drop, null_like(labels, null), labels)
 
 
-def guided(model, labels: torch.Tensor, scale: float, uncond: int | torch.Tensor):
+def batch_of(first, second):
+    """Two conditions as one batch (tensors, or tuples of tensors, concatenated along dim 0)."""
+    if isinstance(first, tuple):
+        return tuple(torch.cat(pair) for pair in zip(first, second))
+    return torch.cat([first, second])
+
+
+def guided(model, labels, scale: float, uncond):
     """A denoiser callable(x_t, t, _) that applies guidance with one batched forward pass.
 
-    The batch is doubled: the first half carries `labels` (class ids or prompt ids), the second
-    `uncond` (the null class id, or the ids of the empty or negative prompt(s)); the two outputs
+    The batch is doubled: the first half carries `labels` (class ids, prompt ids or encoded
+    prompts), the second `uncond` (the null class id, or the empty or negative prompt(s)); the two outputs
     are combined as uncond + scale * (cond - uncond). At w = 0 and w = 1 only one of the two
     terms survives, and only that one is computed (half the work).
     """
@@ -70,7 +81,7 @@ def guided(model, labels: torch.Tensor, scale: float, uncond: int | torch.Tensor
         return lambda xt, t, _labels=None: model(xt, t, only)
 
     def denoiser(xt: torch.Tensor, t: torch.Tensor, _labels=None) -> torch.Tensor:
-        out = model(torch.cat([xt, xt]), torch.cat([t, t]), torch.cat([labels, null]))
+        out = model(torch.cat([xt, xt]), torch.cat([t, t]), batch_of(labels, null))
         cond, uncond_out = out.chunk(2)
         return uncond_out + scale * (cond - uncond_out)
 

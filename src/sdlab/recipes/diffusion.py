@@ -17,19 +17,19 @@ from pathlib import Path
 
 import torch
 
-from ..captions import with_captions
+from ..conditioning import for_run
 from ..config import ConfigError, from_stored
-from ..data import DataConfig, ImageSet, Splits
+from ..data import DataConfig, Splits
 from ..diffusion import DiffusionConfig, SamplerConfig, Trajectory, diffusion_loss
-from ..diffusion.guidance import GuidanceConfig, drop_labels
+from ..diffusion.guidance import GuidanceConfig
 from ..errors import UserError
 from ..figures import (class_grid, cross_attention_maps, forward_process, guidance_sweep, img2img_sweep,
                        inpainting_example, latent_pipeline, loss_by_timestep, prompt_grid, reverse_process,
                        schedules)
 from ..latent import LatentConfig, encode_splits
 from ..distributed import Dist
-from ..pipeline import DiffusionPipeline, build_denoiser, build_vae, carried_vae, load_trained, stored_vae
-from ..text import TextConfig, Tokenizer, words
+from ..pipeline import DiffusionPipeline, build_vae, carried_vae, load_trained, stored_vae
+from ..text import TextConfig
 from ..trainer import TrainConfig, Trainer
 from ..unet import UNetConfig
 from ..visualize import grid, plot_history, save_grid
@@ -96,26 +96,20 @@ def latent_splits(carried: dict, splits: Splits, device: torch.device, cache_dir
 class SampleGrid:
     """The epoch hook: a fixed-seed sample grid into SAVE_DIR/samples and TensorBoard."""
 
-    def __init__(self, pipe: DiffusionPipeline, run: "DiffusionRun", prompts: tuple[str, ...] = ()):
-        self.pipe, self.run, self.prompts = pipe, run, prompts
-
-    def labels(self, num: int) -> torch.Tensor | None:
-        if not self.pipe.classes:
-            return None
-        return torch.arange(num, device=self.pipe.device) % len(self.pipe.classes)
+    def __init__(self, pipe: DiffusionPipeline, run: "DiffusionRun"):
+        self.pipe, self.run = pipe, run
 
     def draw(self, num: int | None = None) -> torch.Tensor:
-        """The grid: classes or prompts cycled over `num` images (a prompt per column)."""
+        """The grid: classes or the run's sample prompts cycled over `num` images (one per column)."""
         num = num or self.run.sampler.num_samples
         g = torch.Generator(self.pipe.device).manual_seed(0)
-        prompts = [self.prompts[i % len(self.prompts)] for i in range(num)] if self.prompts else None
-        return self.pipe(num, labels=self.labels(num), prompt=prompts, generator=g,
-                         guidance_scale=self.run.guidance.guidance_scale, sampler=self.run.sampler)
+        return self.pipe(num, generator=g, guidance_scale=self.run.guidance.guidance_scale,
+                         sampler=self.run.sampler, **self.pipe.conditioning.examples(num))
 
     def __call__(self, trainer: Trainer) -> None:
         self.pipe.model = trainer.eval_model
         images = self.draw()
-        nrow = len(self.pipe.classes) if self.pipe.classes else len(self.prompts) or 8
+        nrow = self.pipe.conditioning.grid_columns
         save_grid(images, Path(trainer.cfg.save_dir) / "samples" / f"epoch_{trainer.epoch:04d}.png", nrow)
         trainer.writer.add_image("samples", grid(images, nrow), trainer.step)
 
@@ -128,12 +122,12 @@ def write_figures(grids: SampleGrid, history, val: torch.Tensor, val_labels, sav
     written = ["loss_curves.png", "loss_by_timestep.png"]
     plot_history(history, out / "loss_curves.png", title="DDPM training")
     loss_by_timestep(pipe.model, pipe.schedule, run.diffusion, val, out / "loss_by_timestep.png",
-                     labels=val_labels if pipe.classes or pipe.tokenizer else None)
+                     labels=pipe.conditioning.train_input(val_labels))
     if pipe.vae is None:
         forward_process(pipe.schedule, val[::64], out / "forward_process.png")
         schedules(out / "schedules.png", pipe.schedule.num_timesteps)
         written += ["forward_process.png", "schedules.png"]
-    written += sample_figures(pipe, out, run.guidance.guidance_scale, run.sampler, grids.prompts)
+    written += sample_figures(pipe, out, run.guidance.guidance_scale, run.sampler)
     print(f"figures written to {out}: {' '.join(written)}")
 
 
@@ -142,25 +136,25 @@ def sample_figures(pipe: DiffusionPipeline, out: str | Path, guidance_scale: flo
     """The figures drawn from the model alone (no data; `sdlab-sample --figures` and --visualize):
     the reverse process of one sample (class 0, or the first prompt), the latent pipeline of a
     latent model, the class grid and guidance sweep of a class-conditional one, and
-    `text_figures` of a text-conditioned one for `prompts`. Returns the file names written."""
+    `text_figures` of a text-conditioned one for `prompts` (default: the run's sample prompts).
+    Returns the file names written."""
     out = Path(out)
     trajectory = Trajectory()
-    first = {"labels": torch.zeros(1, dtype=torch.long, device=pipe.device)} if pipe.classes else {}
-    if pipe.tokenizer is not None:
-        first = {"prompt": list(prompts[:1])}
     pipe(1, guidance_scale=guidance_scale, sampler=sampler, trajectory=trajectory,
-         generator=torch.Generator(pipe.device).manual_seed(0), **first)
+         generator=torch.Generator(pipe.device).manual_seed(0), **pipe.conditioning.examples(1, prompts))
     reverse_process(trajectory, out / "reverse_process.png", decode=pipe.decode)
     written = ["reverse_process.png"]
     if pipe.vae is not None:
         latent_pipeline(trajectory, pipe.decode, out / "latent_pipeline.png")
         written.append("latent_pipeline.png")
-    if pipe.classes:
+    kind = pipe.conditioning.kind
+    if kind == "class":
         class_grid(pipe, out / "class_grid.png", guidance_scale, sampler=sampler)
         guidance_sweep(pipe, out / "guidance_sweep.png", sampler=sampler)
         written += ["class_grid.png", "guidance_sweep.png"]
-    if pipe.tokenizer is not None:
-        written += text_figures(pipe, prompts, out, guidance_scale, sampler)
+    elif kind == "text":
+        written += text_figures(pipe, list(prompts) or list(pipe.conditioning.sample_prompts), out,
+                                guidance_scale, sampler)
     return written
 
 
@@ -185,22 +179,6 @@ def text_figures(pipe: DiffusionPipeline, prompts, out: str | Path, guidance_sca
     return ["prompt_grid.png", "cross_attention.png", "img2img.png", "inpainting.png"]
 
 
-def captioned_splits(splits: Splits, text: TextConfig, seed: int,
-                     tokenizer: Tokenizer | None) -> tuple[Splits, Tokenizer]:
-    """Both splits with their captions' token ids as labels (captions from the dataset or from
-    templates over class names, `captions.with_captions`), and the tokenizer: the stored one of
-    a resumed run, else one built from the training captions."""
-    train, test = with_captions(splits.train, seed), with_captions(splits.test, seed + 1)
-    tokenizer = tokenizer or Tokenizer.build(train.captions, text.context_length)
-    tokenize = lambda s: ImageSet(s.images, tokenizer.encode(list(s.captions)), s.classes, s.captions)
-    return Splits(tokenize(train), tokenize(test)), tokenizer
-
-
-def sample_prompts(captions: tuple[str, ...], num: int = 8) -> tuple[str, ...]:
-    """The first `num` distinct captions of the validation split: the prompts of the sample grids."""
-    return tuple(dict.fromkeys(captions))[:num]
-
-
 def train_diffusion(run: DiffusionRun) -> Trained:
     """Train (or, with run.train.resume, continue) a DDPM; returns the trainer and a pipeline that
     samples with the trained (EMA) weights.
@@ -216,8 +194,6 @@ def train_diffusion(run: DiffusionRun) -> Trained:
     if run.latent.latent and not run.latent.vae_checkpoint and not run.train.resume:
         raise ConfigError("vae_checkpoint", "--latent needs --vae-checkpoint PATH (a best.pt or last.pt "
                                             "from train_vae.py)")
-    if run.text.text_cond and run.guidance.class_cond:
-        raise ConfigError("text_cond", "choose --text-cond or --class-cond, not both")
     if run.text.text_cond and run.quality.eval_every:
         raise ConfigError("eval_every", "scores class-conditional and unconditional runs; a text-conditioned "
                                         "run is measured by bench/text_to_image.py")
@@ -237,22 +213,17 @@ def train_diffusion(run: DiffusionRun) -> Trained:
             guidance=dataclasses.replace(run.guidance, class_cond=stored["guidance"]["class_cond"]),
             text=from_stored(TextConfig, stored["text"]) if "text" in stored else TextConfig())
     train_cfg, diff_cfg, guide_cfg = run.train, run.diffusion, run.guidance
+    conditioning = for_run(guide_cfg, run.text, resumed and resumed["config"])
     torch.manual_seed(train_cfg.seed)
-    splits, vae, run_extra, frozen, tokenizer = None, None, {}, {}, None
-    if run.text.text_cond:
-        stored_tokens = (resumed or {}).get("config", {}).get("tokenizer")
-        splits, tokenizer = captioned_splits(load_data(run.data, train_cfg, dist), run.text, train_cfg.seed,
-                                             stored_tokens and Tokenizer.from_state(stored_tokens))
-        run_extra.update(tokenizer=tokenizer.state(), sample_prompts=list(sample_prompts(splits.test.captions)))
-        if run.data.hflip and any(w in ("left", "right") for c in splits.train.captions for w in words(c)):
-            run = dataclasses.replace(run, data=dataclasses.replace(run.data, hflip=False))
-            if dist.is_main:
-                print("captions name left and right: horizontal flips are off")
-        if resumed is None:
-            run = dataclasses.replace(run, unet=dataclasses.replace(run.unet, context_dim=run.text.text_width))
+    vae, run_extra, frozen = None, {}, {}
+    splits, conditioning = conditioning.prepare(load_data(run.data, train_cfg, dist), train_cfg.seed)
+    if run.data.hflip and not conditioning.allows_hflip(splits.train):
+        run = dataclasses.replace(run, data=dataclasses.replace(run.data, hflip=False))
+        if dist.is_main:
+            print("captions name left and right: horizontal flips are off")
     if run.latent.latent:
         frozen["vae"] = latent_vae(run.latent, resumed)
-        splits, latent = latent_splits(frozen["vae"], splits or load_data(run.data, train_cfg, dist), device,
+        splits, latent = latent_splits(frozen["vae"], splits, device,
                                        train_cfg.save_dir, run.unet.attention_resolutions, dist)
         if resumed is None:  # a resumed U-Net config has the latent geometry already
             run = dataclasses.replace(run, unet=dataclasses.replace(run.unet, **latent["geometry"]))
@@ -264,34 +235,27 @@ def train_diffusion(run: DiffusionRun) -> Trained:
         raise ConfigError("in_channels", f"is {run.unet.in_channels} but --dataset {run.data.dataset} "
                                          f"has {splits.train.channels} channels; pass --in-chans "
                                          f"{splits.train.channels}")
-    if guide_cfg.class_cond:
-        run = dataclasses.replace(run, unet=dataclasses.replace(run.unet, num_classes=len(splits.train.classes)))
+    run = dataclasses.replace(run, unet=conditioning.configure(run.unet))
     unet_cfg = run.unet
     run_config = save_run_config(vars(run), train_cfg.save_dir, dist)
-    run_config.update(kind="diffusion", classes=list(splits.train.classes), **run_extra)
-    model = build_denoiser(run_config)[0].to(device)
+    run_config.update(kind="diffusion", classes=list(splits.train.classes), **conditioning.stored(), **run_extra)
+    model = conditioning.network(unet_cfg).to(device)
     schedule = diff_cfg.make_schedule().to(device)
     if dist.is_main:
         print(f"U-Net: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on "
               f"{unet_cfg.in_channels}x{unet_cfg.image_size}x{unet_cfg.image_size}; T = {diff_cfg.num_timesteps} "
               f"({diff_cfg.schedule}), predicting {diff_cfg.prediction}"
-              f"{', class-conditional' if guide_cfg.class_cond else ''}"
-              f"{f', text-conditioned ({len(tokenizer.vocab)} tokens)' if tokenizer else ''}; {len(splits.train)} train / "
+              f"{conditioning.describe()}; {len(splits.train)} train / "
               f"{len(splits.test)} val images, device {device}, precision {train_cfg.precision}")
-    null = tokenizer.encode("")[0].to(device) if tokenizer else unet_cfg.num_classes   # empty prompt / null class
-    conditioned = guide_cfg.class_cond or run.text.text_cond
 
     def loss_fn(net, images, labels, generator=None, step=None):
-        if not conditioned:
-            labels = None
-        elif step is not None:  # training: label (caption) dropout teaches the unconditional model too
-            labels = drop_labels(labels, guide_cfg.cond_drop_prob, null, generator)
+        # training: label (caption) dropout teaches the unconditional model too; validation: none
+        labels = conditioning.train_input(labels, guide_cfg.cond_drop_prob if step is not None else 0.0, generator)
         return diffusion_loss(net, schedule, images, diff_cfg, labels, generator=generator)
 
     pipe = DiffusionPipeline(model, schedule, diff_cfg.prediction, vae,
-                             run_extra.get("latent_vae", {}).get("scale_factor", 1.0),
-                             splits.train.classes if guide_cfg.class_cond else (), run_config, tokenizer=tokenizer)
-    grids = SampleGrid(pipe, run, tuple(run_extra.get("sample_prompts", ())))
+                             run_extra.get("latent_vae", {}).get("scale_factor", 1.0), conditioning, run_config)
+    grids = SampleGrid(pipe, run)
     metrics = None
     if run.quality.eval_every:      # rank 0 scores (decoded) images against the real pixels
         metrics = (Scorer(run.quality, device).during_training(pipe, run.data, train_cfg.save_dir,

@@ -67,20 +67,16 @@ def draw_samples(pipe: DiffusionPipeline, num: int, *, labels: torch.Tensor | No
     `runtime.default_precision`). Returns the images and the labels used (None: unconditional).
     """
     device = pipe.device
-    if balanced and pipe.tokenizer is not None:
-        labels = torch.arange(num) % len(pipe.class_names)
-        prompts = [prompt_template.format(pipe.class_names[y].replace("_", " ")) for y in labels.tolist()]
-    elif balanced and pipe.classes:
-        labels = torch.arange(num) % len(pipe.classes)
+    asked = {"labels": labels, "prompt": prompts}       # one condition per image, sliced per batch
+    if balanced:     # (a text model's labels only name the class each prompt asks for, for scoring)
+        asked, labels = pipe.conditioning.balanced(num, prompt_template)
     g = torch.Generator(device).manual_seed(seed)
     chunks = []
     with autocast(device, default_precision(device) if precision == "auto" else precision):
         for start in range(0, num, batch_size):
-            # a text model's labels only name the class each prompt asks for (for scoring)
-            part = None if labels is None or prompts is not None else labels[start:start + batch_size].to(device)
-            words = None if prompts is None else prompts[start:start + batch_size]
-            chunks.append(pipe(min(batch_size, num - start), labels=part, prompt=words, guidance_scale=guidance_scale,
-                               generator=g, progress=progress, sampler=sampler, **options).float().cpu())
+            part = {k: None if v is None else v[start:start + batch_size] for k, v in asked.items()}
+            chunks.append(pipe(min(batch_size, num - start), guidance_scale=guidance_scale, generator=g,
+                               progress=progress, sampler=sampler, **part, **options).float().cpu())
     return torch.cat(chunks), labels
 
 
@@ -192,7 +188,7 @@ class Scorer:
             pipe.model = trainer.eval_model
             images, labels = draw_samples(pipe, self.cfg.eval_samples, balanced=True,
                                           guidance_scale=guidance_scale, sampler=sampler)
-            result = self.score(to_uint8(images), data, cache_dir, labels, pipe.classes)
+            result = self.score(to_uint8(images), data, cache_dir, labels, pipe.class_names)
             found = {name: result["fd"], "eval/kid": result["kid"]}
             if "accuracy" in result:
                 found["eval/accuracy"] = result["accuracy"]
