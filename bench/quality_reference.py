@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from sdlab.data import DataConfig, ImageSet, load_splits, to_uint8, to_unit_range
 from sdlab.latent import decode_latents, encode_images
-from sdlab.pipeline import load_vae
+from sdlab.trained import load_vae
 from sdlab.recipes.quality import QualityConfig, Scorer
 
 

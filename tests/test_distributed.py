@@ -30,10 +30,11 @@ BATCH = 4            # per process; the one-process runs use 2 x BATCH
 
 
 def tiny_run(save_dir, batch_size, **train) -> DiffusionRun:
-    """A class-conditional pixel run; dropout 0, as dropout masks are each process's own."""
+    """A class-conditional pixel run; dropout 0, as dropout masks are each process's own; fp32,
+    as the runs are compared to 1e-5 (`auto` would be bf16 on a CPU that runs it natively)."""
     return DiffusionRun(
         data=DataConfig(dataset="synthetic", synthetic_size=40, image_size=8, batch_size=batch_size),
-        train=TrainConfig(**{"epochs": 2, "save_dir": str(save_dir), "device": "cpu", "lr": 1e-3,
+        train=TrainConfig(**{"epochs": 2, "save_dir": str(save_dir), "device": "cpu", "lr": 1e-3, "precision": "fp32",
                              "ema_decay": 0.9, "seed": 3, "log_every": 1, **train}),
         unet=UNetConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(4,), dropout=0.0),
         diffusion=DiffusionConfig(num_timesteps=20),

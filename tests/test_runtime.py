@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sdlab.config import ConfigError
-from sdlab.runtime import autocast, check_device_name, check_precision, default_precision, pick_device
+from sdlab.runtime import autocast, check_device_name, default_precision, pick_device, resolve_precision
 
 
 def test_device_names_are_checked_before_the_hardware():
@@ -25,11 +25,12 @@ def test_cuda_without_cuda_is_a_clear_error():
 def test_precision_rules():
     cpu = torch.device("cpu")
     assert default_precision(cpu) in ("fp32", "bf16")
-    check_precision(cpu, "bf16")
+    assert resolve_precision(cpu, "bf16") == "bf16"
+    assert resolve_precision(cpu, "auto") == default_precision(cpu)
     with pytest.raises(ConfigError, match="needs CUDA"):
-        check_precision(cpu, "fp16")
-    with pytest.raises(ConfigError, match="choose one of fp32, bf16, fp16"):
-        check_precision(cpu, "fp8")
+        resolve_precision(cpu, "fp16")
+    with pytest.raises(ConfigError, match="choose one of auto, fp32, bf16, fp16"):
+        resolve_precision(cpu, "fp8")
     with autocast(cpu, "bf16"):
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.bfloat16
     with autocast(cpu, "fp32"):

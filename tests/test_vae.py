@@ -102,7 +102,7 @@ def test_validation_loss_is_computed_on_validation_images(tmp_path):
     train, val = make_synthetic(32, 8, seed=0), make_synthetic(16, 8, seed=1)
     val.images = 255 - val.images                               # clearly different images
     loss_cfg = VAELossConfig()
-    cfg = TrainConfig(epochs=1, save_dir=str(tmp_path), device="cpu")
+    cfg = TrainConfig(epochs=1, save_dir=str(tmp_path), device="cpu", precision="fp32")   # recomputed in fp32 below
     train_loader = BatchLoader(train, 16, shuffle=True, hflip=False, drop_last=True)
     val_loader = BatchLoader(val, 16, shuffle=False, hflip=False, drop_last=False)
     loss_fn = lambda m, x, y, generator=None, step=None: vae_loss(m, x, loss_cfg, generator=generator, step=step)

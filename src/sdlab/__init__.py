@@ -3,8 +3,11 @@
 Modules (imports point down):
     errors      UserError, the base of every failure a user can fix
     config      ConfigError and the `require` checks used by every config dataclass
+    images      ImageSet, Splits, DataError: what every dataset is decoded into
+    scenes      captioned synthetic scenes and the checker that reads them back
+    captions    captions from scenes, class-name templates or a folder's metadata.jsonl
     data        datasets -> in-memory uint8 tensors -> batches in [-1, 1]
-    runtime     device, default precision, memory format, autocast: chosen in one place
+    runtime     device, precision ("auto" resolved), memory format, autocast: chosen in one place
     distributed the torchrun job: rank, world size, process group, what rank 0 alone does
     randomness  a loss's random draws, the same for an image at any number of processes
     kernels     CPU fast paths (GroupNorm, conv, dropout, attention) with PyTorch's state-dict keys
@@ -14,10 +17,10 @@ Modules (imports point down):
     transformer attention and transformer blocks (self- and cross-attention, masks)
     unet        UNetConfig, UNet (class- or text-conditioned)
     text        tokenizer, text encoder, the text-conditioned U-Net
-    scenes      captioned synthetic scenes and the checker that reads them back
-    captions    captions from scenes, class-name templates or a folder's metadata.jsonl
     diffusion   noise schedules, training loss, samplers, guidance (never imports a network)
     latent      encode a dataset once with a frozen VAE, cache and scale the latents
+    conditioning unconditional, class or text: data, dropout, requests, guidance input, storage
+    trained     trained checkpoints read back (kind, EMA weights, the VAE a latent model carries)
     pipeline    U-Net + scheduler (+ VAE decoder, + guidance, + prompts, img2img, inpainting) -> images
     classifier  the small classifier of the offline quality metric
     quality     FID / KID (torchmetrics, torch-fidelity's Inception) and classifier features

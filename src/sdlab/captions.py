@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, ImageSet
+from .images import DataError, ImageSet
 
 TEMPLATES = (
     "a photo of a {}", "a blurry photo of a {}", "a close-up photo of a {}", "a bright photo of a {}",

@@ -337,8 +337,3 @@ def from_config(config: dict) -> Unconditional:
                              tuple(config.get("sample_prompts") or ()), names)
     return ClassCondition(names) if config["unet"]["num_classes"] else Unconditional(names)
 
-
-def build_denoiser(config: dict) -> tuple[nn.Module, Unconditional]:
-    """The network a diffusion run config describes and its conditioning."""
-    conditioning = from_config(config)
-    return conditioning.network(from_stored(UNetConfig, config["unet"])), conditioning

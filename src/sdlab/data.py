@@ -27,7 +27,9 @@ import torch.nn.functional as F
 
 from .checkpoint import read_cache, remove_stale_temporaries, save_checkpoint
 from .config import option, require, require_choice, require_finite
-from .errors import UserError
+from .captions import read_metadata
+from .images import DataError, ImageSet, Splits
+from .scenes import make_scenes
 
 DATASETS = ("cifar10", "fashion-mnist", "mnist", "folder", "synthetic", "scenes")
 METADATA = "metadata.jsonl"
@@ -38,10 +40,6 @@ CIFAR10_CLASSES = (
 SYNTHETIC_CLASSES = (
     "disc", "square", "triangle", "diamond", "ring", "cross", "hbar", "vbar", "ellipse", "corner",
 )
-
-
-class DataError(UserError):
-    """A dataset cannot be loaded; the message names the flag or file and the fix."""
 
 
 @dataclass(frozen=True)
@@ -67,35 +65,6 @@ class DataConfig:
         require(self.synthetic_size >= 2, "synthetic_size", f"must be >= 2 (got {self.synthetic_size})")
 
 
-@dataclass
-class ImageSet:
-    """A decoded split: images (N, C, H, W) uint8, labels (N,) int64, class names, and the
-    captions where the dataset has them (scenes, a folder with metadata.jsonl).
-
-    Latent diffusion reuses it for VAE latents: then `images` are float, already scaled. A
-    text-conditioned run replaces the labels by the captions' token ids (N, L)."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    classes: tuple[str, ...]
-    captions: tuple[str, ...] | None = None
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    @property
-    def channels(self) -> int:
-        return self.images.shape[1]
-
-
-@dataclass
-class Splits:
-    """The training split and the held-out split (the test split where the dataset has one)."""
-
-    train: ImageSet
-    test: ImageSet
-
-
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     """uint8 in [0, 255] -> float32 in [-1, 1]."""
     return images.float().div_(127.5).sub_(1.0)
@@ -111,8 +80,6 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 def load_splits(cfg: DataConfig, seed: int = 0) -> Splits:
     """Decode `cfg.dataset` into memory at `cfg.image_size`. Raises DataError with a fix."""
     if cfg.dataset in ("synthetic", "scenes"):
-        from .scenes import make_scenes
-
         make = make_synthetic if cfg.dataset == "synthetic" else make_scenes
         n_test = max(cfg.synthetic_size // 5, 1)
         splits = Splits(make(cfg.synthetic_size, cfg.image_size, seed=0),
@@ -212,7 +179,6 @@ def _load_captioned_folder(root: Path, cfg: DataConfig, seed: int) -> Splits:
 
 
 def _decode_captioned(folder: Path, cfg: DataConfig) -> ImageSet:
-    from .captions import read_metadata
 
     entries = read_metadata(folder / METADATA)
     files = [folder / name for name, _ in entries]

@@ -23,75 +23,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checkpoint import CheckpointError, checkpoint_kind, load_checkpoint, state_digest
-from .conditioning import Unconditional, build_denoiser
-from .errors import first_line
-from .config import from_stored
-from .diffusion import DiffusionConfig, NoiseSchedule, SamplerConfig, Trajectory, sample, sampler_config
+from .conditioning import Unconditional
+from .diffusion import NoiseSchedule, SamplerConfig, Trajectory, sample, sampler_config
 from .latent import decode_latents
+from .record import DiffusionRecord
 from .runtime import memory_format
+from .trained import build_vae, load_trained, load_vae, load_weights, stored_vae, trained_weights
 from .text import Tokenizer
-from .vae import VAE, VAEConfig
-
-
-KINDS = {"vae": ("VAE", "train_vae.py"), "diffusion": ("diffusion", "train_diffusion.py"),
-         "classifier": ("classifier", "sdlab-train-classifier")}
-
-
-def load_trained(path: str, device: torch.device, kind: str) -> dict:
-    """A checkpoint of `kind` (a key of KINDS), read once; CheckpointError naming the script if not."""
-    state = load_checkpoint(path, device)
-    found = checkpoint_kind(state)
-    if found != kind:
-        name, script = KINDS[kind]
-        raise CheckpointError(f"{path} is not a {name} checkpoint (kind {found!r}); train one with {script}")
-    return state
-
-
-def trained_weights(state: dict) -> dict:
-    """The EMA weights when the checkpoint has them, else the raw model weights."""
-    return state["ema"] if state.get("ema") is not None else state["model"]
-
-
-def load_weights(model: torch.nn.Module, weights: dict, path: str) -> None:
-    """`model.load_state_dict(weights)`, with CheckpointError naming `path` when they do not fit."""
-    try:
-        model.load_state_dict(weights)
-    except (RuntimeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{path}: its weights do not fit the model its config describes "
-                              f"({first_line(err)}); the file is damaged or was edited") from None
-
-
-def carried_vae(state: dict) -> dict:
-    """What a latent diffusion checkpoint stores of the VAE in train_vae.py checkpoint `state`:
-    config, weights and their SHA-256."""
-    weights = trained_weights(state)
-    return {"config": state["config"]["vae"], "weights": weights, "sha256": state_digest(weights)}
-
-
-def stored_vae(state: dict, path: str) -> dict | None:
-    """The VAE diffusion checkpoint `state` carries (`carried_vae`'s dict), its weights checked
-    against their SHA-256; None when it carries none (pixel models, older checkpoints)."""
-    carried = (state.get("frozen") or {}).get("vae")
-    if carried is not None and state_digest(carried["weights"]) != carried["sha256"]:
-        raise CheckpointError(f"{path}: the VAE weights it carries do not match their SHA-256; "
-                              "the file is damaged or was edited")
-    return carried
-
-
-def build_vae(carried: dict, device: torch.device, path: str) -> VAE:
-    """A frozen VAE from a dict with its "config" and "weights" (`path` names where they came
-    from, for errors)."""
-    vae = VAE(from_stored(VAEConfig, carried["config"]))
-    load_weights(vae, carried["weights"], path)
-    return vae.to(device).eval().requires_grad_(False)
-
-
-def load_vae(path: str, device: torch.device) -> tuple[VAE, dict]:
-    """(frozen VAE with EMA weights if present, the whole checkpoint) from a train_vae.py file."""
-    state = load_trained(path, device, "vae")
-    parts = {"config": state["config"]["vae"], "weights": trained_weights(state)}
-    return build_vae(parts, device, path), state
+from .vae import VAE
 
 
 @dataclass
@@ -109,20 +48,25 @@ class DiffusionPipeline:
     def from_checkpoint(cls, path: str, device: torch.device) -> "DiffusionPipeline":
         """Rebuild U-Net (EMA weights when present), schedule and, for latent models, the VAE."""
         state = load_trained(path, device, "diffusion")
-        config = state["config"]
-        model, conditioning = build_denoiser(config)
-        model = model.to(device)
+        record = DiffusionRecord.from_config(state["config"])
+        model = record.network().to(device)
         load_weights(model, trained_weights(state), path)
-        latent = config.get("latent_vae") or {}
         vae, carried = None, stored_vae(state, path)
         if carried is not None:
             vae = build_vae(carried, device, path)
-        elif latent:  # written before checkpoints carried their VAE
-            warnings.warn(f"{path} does not carry its VAE; decoding with the one now at "
-                          f"{latent['vae_checkpoint']}, which cannot be checked to be the same")
-            vae = load_vae(latent["vae_checkpoint"], device)[0]
-        return cls(model.eval(), DiffusionConfig(**config["diffusion"]).make_schedule().to(device),
-                   config["diffusion"]["prediction"], vae, latent.get("scale_factor", 1.0), conditioning, config)
+        elif record.latent_vae:  # written before checkpoints carried their VAE
+            where = record.latent_vae["vae_checkpoint"]
+            warnings.warn(f"{path} does not carry its VAE; decoding with the one now at {where}, "
+                          "which cannot be checked to be the same")
+            vae = load_vae(where, device)[0]
+        return cls.from_record(record, model.eval(), vae)
+
+    @classmethod
+    def from_record(cls, record: DiffusionRecord, model: torch.nn.Module, vae: VAE | None = None) -> "DiffusionPipeline":
+        """The pipeline of a run's record around its network (trained, or loaded) and frozen VAE."""
+        device = next(model.parameters()).device
+        return cls(model, record.diffusion.make_schedule().to(device), record.diffusion.prediction, vae,
+                   record.scale_factor, record.conditioning, record.config)
 
     @property
     def device(self) -> torch.device:
@@ -155,8 +99,8 @@ class DiffusionPipeline:
     @property
     def image_size(self) -> int:
         """The side of the images it makes (pixels, after the decoder of a latent model)."""
-        latent = self.config.get("latent_vae") or {}
-        return latent.get("vae_image_size", self.sample_shape[-1]) if self.vae is not None else self.sample_shape[-1]
+        side = self.sample_shape[-1]
+        return side * self.vae.cfg.downsampling if self.vae is not None else side
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Samples of the diffusion model -> images in [-1, 1] (through the VAE when latent)."""

@@ -1,9 +1,10 @@
 """Where and how tensors run: the one owner of device, default precision, memory format and
 autocast.
 
-A command picks its device once, at the entry point (`pick_device`), and its precision from
-`default_precision` unless the user names one; the trainer, the samplers and the evaluation
-commands receive both. Why each choice is fast on which hardware is measured in BENCHMARKS.md.
+A command picks its device once, at the entry point (`pick_device`). Precision has one
+vocabulary, PRECISIONS, for training and sampling alike: "auto" is `default_precision`, resolved
+here (`resolve_precision`) so that the command line and the Python API run the same on the same
+machine; the trainer, the samplers and the evaluation commands receive both. Why each choice is fast on which hardware is measured in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 
 from .config import ConfigError
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps"
 _DEVICE_NAME = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -55,16 +56,19 @@ def default_precision(device: torch.device) -> str:
     return "fp32"
 
 
-def check_precision(device: torch.device, precision: str) -> None:
-    """Raise ConfigError("precision") for a precision `device` cannot autocast to."""
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """The precision `precision` means on `device` ("auto": `default_precision`); ConfigError
+    ("precision") for one it cannot autocast to."""
     if precision not in PRECISIONS:
         raise ConfigError("precision", f"got {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("precision", f"needs CUDA (device is {device.type}); use bf16 or fp32")
+    return default_precision(device) if precision == "auto" else precision
 
 
 def autocast(device: torch.device, precision: str):
-    """The autocast context for `precision` on `device` (bf16 works on CPU too)."""
+    """The autocast context for `precision` on `device` (bf16 works on CPU too; "auto" resolved)."""
+    precision = resolve_precision(device, precision)
     if precision == "fp32":
         return nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

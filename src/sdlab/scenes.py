@@ -21,6 +21,8 @@ import itertools
 import numpy as np
 import torch
 
+from .images import ImageSet
+
 COLOURS = {"red": (0.90, 0.15, 0.10), "green": (0.15, 0.75, 0.15),
            "blue": (0.15, 0.30, 0.95), "yellow": (0.95, 0.85, 0.10)}
 SHAPES = ("disc", "square", "triangle", "cross")
@@ -84,7 +86,6 @@ def make_scenes(n: int, size: int = 32, seed: int = 0):
     """`n` captioned scenes of the combinations seen in training (labels: the shape's index).
 
     Returns an `ImageSet` with `captions`; the same seed gives the same images and captions."""
-    from .data import ImageSet
 
     rng = np.random.default_rng(seed)
     seen = combinations()

@@ -16,11 +16,11 @@ import json
 
 import torch
 
-from ..data import BatchLoader, load_splits
+from ..data import BatchLoader
 from ..figures import vae_figures
 from ..outputs import writable_dir
-from ..pipeline import load_vae
-from ..recipes.run import stored_data_config
+from ..trained import load_vae
+from ..recipes.run import stored_splits
 from ..recipes.vae import evaluate_vae, fit_sigma
 from .session import eval_outputs, eval_parser, user_errors
 
@@ -37,9 +37,7 @@ def main(argv=None) -> None:
     if args.figures:
         writable_dir(args.figures, "--figures")
     vae, state = load_vae(args.checkpoint, device)
-    config = state["config"]
-    data_cfg = stored_data_config(config, args.dataset, args.data_dir)
-    splits = load_splits(data_cfg, seed=config["train"]["seed"])
+    data_cfg, splits = stored_splits(state["config"], args.dataset, args.data_dir)
     train = BatchLoader(splits.train, args.batch_size, shuffle=True, hflip=False, drop_last=False,
                         seed=args.seed, device=device)
     test = BatchLoader(splits.test, args.batch_size, shuffle=False, hflip=False, drop_last=False,

@@ -17,6 +17,7 @@ import typing
 from pathlib import Path
 
 from ..config import ConfigError
+from ..runtime import PRECISIONS
 from ..diffusion import SamplerConfig
 
 
@@ -80,8 +81,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str,
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of every command that draws images: SamplerConfig's fields (--steps short for
     --sample-steps) and --precision."""
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="autocast while sampling (auto: bf16 where the device runs it natively)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="autocast while sampling (auto: bf16 where the device runs it natively; fp16: CUDA)")
     add_config_flags(parser, SamplerConfig, "sampling", {"sample_steps": ["--steps"]}, skip=("num_samples",))
 
 

@@ -28,7 +28,7 @@ from ..data import IMAGE_EXTENSIONS, DataError, decode_image, to_unit_range
 from ..diffusion import SamplerConfig
 from ..outputs import writable_dir, writable_file
 from ..pipeline import DiffusionPipeline
-from ..recipes.diffusion import sample_figures
+from ..recipes.diffusion_figures import sample_figures
 from ..recipes.quality import draw_samples
 from ..runtime import DEVICE_HELP, pick_device
 from ..visualize import save_grid
@@ -97,7 +97,7 @@ def image_options(parser: Parser, args, pipe: DiffusionPipeline) -> dict:
 
 
 def write_figures(parser: Parser, args, sampler: SamplerConfig, device: torch.device) -> None:
-    """--figures DIR: `recipes.diffusion.sample_figures` for the checkpoint."""
+    """--figures DIR: `recipes.diffusion_figures.sample_figures` for the checkpoint."""
     folder = writable_dir(args.figures, "--figures")
     pipe = DiffusionPipeline.from_checkpoint(args.checkpoint, device)
     try:

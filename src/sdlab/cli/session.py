@@ -21,7 +21,7 @@ from ..data import DATASETS, DataConfig
 from ..distributed import launched_rank
 from ..errors import UserError
 from ..outputs import unlock_dir, writable_file
-from ..runtime import DEVICE_HELP, check_precision, pick_device
+from ..runtime import DEVICE_HELP, pick_device, resolve_precision
 from ..trainer import TrainConfig
 from .flags import Parser, add_config_flags, flag_name, print_error_and_exit
 
@@ -92,7 +92,7 @@ def resolve_device(parser: Parser, train: TrainConfig) -> torch.device:
     """The training commands' device (see `runtime.pick_device`); a precision it cannot run is refused."""
     try:
         device = pick_device(train.device)
-        check_precision(device, train.precision)
+        resolve_precision(device, train.precision)
     except ConfigError as err:
         parser.error(f"--{err.field} {getattr(train, err.field)}: {err.message}")
     return device

@@ -12,7 +12,6 @@ import torch
 from ..classifier import ClassifierConfig
 from ..data import DataConfig
 from ..recipes import ClassifierRun, train_classifier
-from ..runtime import default_precision
 from ..trainer import TrainConfig
 from .flags import add_config_flags, build_configs
 from .session import resolve_device, shared_parser, user_errors
@@ -34,8 +33,7 @@ def parse(argv=None) -> tuple[dict, torch.device]:
     parser = build_parser()
     args = parser.parse_args(argv)
     classes = {"data": DataConfig, "train": TrainConfig, "classifier": ClassifierConfig}
-    device = resolve_device(parser, build_configs(parser, args, classes)["train"])
-    configs = build_configs(parser, args, classes, overrides=dict(DEFAULTS, precision=default_precision(device)))
+    configs = build_configs(parser, args, classes, overrides=DEFAULTS)
     return configs, resolve_device(parser, configs["train"])
 
 

@@ -20,7 +20,6 @@ from ..diffusion.guidance import GuidanceConfig
 from ..latent import LatentConfig
 from ..recipes import DiffusionRun, train_diffusion
 from ..recipes.quality import QualityConfig
-from ..runtime import default_precision
 from ..text import TextConfig
 from ..trainer import TrainConfig
 from ..unet import PRESETS, UNetConfig
@@ -79,8 +78,7 @@ def parse(argv=None) -> tuple[dict, torch.device]:
         parser.error("--no-residual: the U-Net's blocks are always residual (DDPM App. B)")
     device = resolve_device(parser, build_configs(parser, args, CLASSES)["train"])
     size = args.model_size or ("ddpm-cifar10" if device.type == "cuda" else "cpu")
-    defaults = dict(CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS, **PRESETS[size],
-                    precision=default_precision(device))
+    defaults = dict(CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS, **PRESETS[size])
     configs = build_configs(parser, args, CLASSES, overrides=defaults)
     configs["unet"] = dataclasses.replace(configs["unet"], image_size=configs["data"].image_size)
     if args.is_attn is not None:

@@ -10,7 +10,6 @@ import torch
 
 from ..data import DataConfig
 from ..recipes import VAERun, train_vae
-from ..runtime import default_precision
 from ..trainer import TrainConfig
 from ..vae import VAEConfig, VAELossConfig
 from .flags import add_config_flags, build_configs
@@ -50,9 +49,7 @@ def parse(argv=None) -> tuple[dict, torch.device]:
     args = parser.parse_args(argv)
     classes = {"data": DataConfig, "train": TrainConfig, "vae": VAEConfig, "loss": VAELossConfig}
     device = resolve_device(parser, build_configs(parser, args, classes)["train"])
-    defaults = dict(CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS,
-                    precision=default_precision(device))
-    configs = build_configs(parser, args, classes, overrides=defaults)
+    configs = build_configs(parser, args, classes, overrides=CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS)
     return configs, resolve_device(parser, configs["train"])
 
 

@@ -17,7 +17,7 @@ from ..classifier import Classifier, ClassifierConfig, classifier_loss, feature_
 from ..config import from_stored
 from ..data import DataConfig, to_unit_range
 from ..errors import UserError
-from ..pipeline import load_trained, load_weights, trained_weights
+from ..trained import load_trained, load_weights, trained_weights
 from ..trainer import TrainConfig, Trainer
 from .run import Trained, build_loaders, prepare_run, report, save_run_config, start_run
 
@@ -37,7 +37,7 @@ class ClassifierRun:
 def train_classifier(run: ClassifierRun) -> Trained:
     """Train (or, with run.train.resume, continue) a classifier; channels and classes are taken
     from the dataset. The trainer's history holds train/val loss and accuracy per epoch."""
-    dist, device = start_run(run.train)
+    dist, device, run = start_run(run)
     resumed = prepare_run(run.train, "classifier", dist)
     if resumed is not None:
         run = dataclasses.replace(run, classifier=from_stored(ClassifierConfig, resumed["config"]["classifier"]))

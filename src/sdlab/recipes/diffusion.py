@@ -6,33 +6,35 @@ guidance, from one config.
     trained = train_diffusion(DiffusionRun(train=TrainConfig(epochs=1, save_dir="runs/ddpm")))
     images = trained.pipeline(16, sampler="dpmpp_2m", sample_steps=15)        # (16, 3, 32, 32) in [-1, 1]
 
-Evaluation (what `sdlab-eval-diffusion` uses): `stratified_timesteps` for the bits/dim bound.
+Evaluation (what `sdlab-eval-diffusion` runs): `evaluate_bits_per_dim`, the DDPM bound. The figures
+of a trained model: `diffusion_figures`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..conditioning import for_run
-from ..config import ConfigError, from_stored
+from ..config import ConfigError
 from ..data import DataConfig, Splits
-from ..diffusion import DiffusionConfig, SamplerConfig, Trajectory, diffusion_loss
+from ..diffusion import DiffusionConfig, SamplerConfig, diffusion_loss, nll_bits_per_dim
 from ..diffusion.guidance import GuidanceConfig
 from ..errors import UserError
-from ..figures import (class_grid, cross_attention_maps, forward_process, guidance_sweep, img2img_sweep,
-                       inpainting_example, latent_pipeline, loss_by_timestep, prompt_grid, reverse_process,
-                       schedules)
 from ..latent import LatentConfig, encode_splits
 from ..distributed import Dist
-from ..pipeline import DiffusionPipeline, build_vae, carried_vae, load_trained, stored_vae
+from ..pipeline import DiffusionPipeline
+from ..record import DiffusionRecord
+from ..trained import build_vae, carried_vae, load_trained, stored_vae
 from ..text import TextConfig
 from ..trainer import TrainConfig, Trainer
 from ..unet import UNetConfig
-from ..visualize import grid, plot_history, save_grid
+from ..visualize import grid, save_grid
+from .diffusion_figures import write_figures
 from .quality import QualityConfig, Scorer
 from .run import Trained, build_loaders, load_data, prepare_run, report, save_run_config, start_run
 
@@ -114,69 +116,56 @@ class SampleGrid:
         trainer.writer.add_image("samples", grid(images, nrow), trainer.step)
 
 
-def write_figures(grids: SampleGrid, history, val: torch.Tensor, val_labels, save_dir):
-    """The diffusion figures: loss curves and loss by timestep, for pixel runs the forward process
-    and schedules, and what `sample_figures` draws from the model."""
-    out, pipe, run = Path(save_dir), grids.pipe, grids.run
-    pipe.model.eval()
-    written = ["loss_curves.png", "loss_by_timestep.png"]
-    plot_history(history, out / "loss_curves.png", title="DDPM training")
-    loss_by_timestep(pipe.model, pipe.schedule, run.diffusion, val, out / "loss_by_timestep.png",
-                     labels=pipe.conditioning.train_input(val_labels))
-    if pipe.vae is None:
-        forward_process(pipe.schedule, val[::64], out / "forward_process.png")
-        schedules(out / "schedules.png", pipe.schedule.num_timesteps)
-        written += ["forward_process.png", "schedules.png"]
-    written += sample_figures(pipe, out, run.guidance.guidance_scale, run.sampler)
-    print(f"figures written to {out}: {' '.join(written)}")
+def check_run(run: DiffusionRun) -> None:
+    """Refuse flags that contradict each other, before any work."""
+    if run.latent.latent and not run.latent.vae_checkpoint and not run.train.resume:
+        raise ConfigError("vae_checkpoint", "--latent needs --vae-checkpoint PATH (a best.pt or last.pt "
+                                            "from train_vae.py)")
+    if run.text.text_cond and run.quality.eval_every:
+        raise ConfigError("eval_every", "scores class-conditional and unconditional runs; a text-conditioned "
+                                        "run is measured by bench/text_to_image.py")
+    if run.train.select_by.startswith("eval/") and not run.quality.eval_every:
+        raise ConfigError("select_by", f"{run.train.select_by} is measured only with --eval-every N")
 
 
-def sample_figures(pipe: DiffusionPipeline, out: str | Path, guidance_scale: float,
-                   sampler: SamplerConfig | str | None = None, prompts=()) -> list[str]:
-    """The figures drawn from the model alone (no data; `sdlab-sample --figures` and --visualize):
-    the reverse process of one sample (class 0, or the first prompt), the latent pipeline of a
-    latent model, the class grid and guidance sweep of a class-conditional one, and
-    `text_figures` of a text-conditioned one for `prompts` (default: the run's sample prompts).
-    Returns the file names written."""
-    out = Path(out)
-    trajectory = Trajectory()
-    pipe(1, guidance_scale=guidance_scale, sampler=sampler, trajectory=trajectory,
-         generator=torch.Generator(pipe.device).manual_seed(0), **pipe.conditioning.examples(1, prompts))
-    reverse_process(trajectory, out / "reverse_process.png", decode=pipe.decode)
-    written = ["reverse_process.png"]
-    if pipe.vae is not None:
-        latent_pipeline(trajectory, pipe.decode, out / "latent_pipeline.png")
-        written.append("latent_pipeline.png")
-    kind = pipe.conditioning.kind
-    if kind == "class":
-        class_grid(pipe, out / "class_grid.png", guidance_scale, sampler=sampler)
-        guidance_sweep(pipe, out / "guidance_sweep.png", sampler=sampler)
-        written += ["class_grid.png", "guidance_sweep.png"]
-    elif kind == "text":
-        written += text_figures(pipe, list(prompts) or list(pipe.conditioning.sample_prompts), out,
-                                guidance_scale, sampler)
-    return written
+def resolve_run(run: DiffusionRun, resumed: DiffusionRecord | None) -> DiffusionRun:
+    """The run before it sees its data: the U-Net at the data's image size, or for a resumed run
+    what its checkpoint fixes (U-Net, schedule, latent VAE, conditioning, text encoder)."""
+    run = dataclasses.replace(run, unet=dataclasses.replace(run.unet, image_size=run.data.image_size))
+    if resumed is None:
+        return run
+    latent = resumed.latent_vae
+    return dataclasses.replace(
+        run, unet=resumed.unet, diffusion=resumed.diffusion, text=resumed.text,
+        latent=LatentConfig(latent=bool(latent), vae_checkpoint=run.latent.vae_checkpoint or latent.get("vae_checkpoint", "")),
+        guidance=dataclasses.replace(run.guidance, class_cond=resumed.class_cond))
 
 
-def text_figures(pipe: DiffusionPipeline, prompts, out: str | Path, guidance_scale: float,
-                 sampler: SamplerConfig | str | None = None) -> list[str]:
-    """The text-to-image figures of a text-conditioned model for `prompts`: a prompt grid,
-    cross-attention maps of the first prompt, an img2img strength sweep and inpainting of the
-    centre (their inputs are images drawn from the first prompts, each edited toward the next
-    prompt, so they need no data). Returns the file names written into `out`."""
-    out, prompts, w = Path(out), list(prompts), guidance_scale
-    n = min(4, len(prompts))
-    prompt_grid(pipe, prompts, out / "prompt_grid.png", w, sampler=sampler)
-    cross_attention_maps(pipe, prompts[0], out / "cross_attention.png", w)
-    inits = pipe(n, prompt=prompts[:n], guidance_scale=w, sampler=sampler,
-                 generator=torch.Generator(pipe.device).manual_seed(1))
-    others = [prompts[(i + 1) % len(prompts)] for i in range(n)]
-    img2img_sweep(pipe, inits, others, out / "img2img.png", w, sampler=sampler)
-    side = inits.shape[-1]
-    mask = torch.zeros(1, 1, side, side)
-    mask[..., side // 4: 3 * side // 4, side // 4: 3 * side // 4] = 1
-    inpainting_example(pipe, inits, others, mask, out / "inpainting.png", w, sampler=sampler)
-    return ["prompt_grid.png", "cross_attention.png", "img2img.png", "inpainting.png"]
+@dataclass(frozen=True)
+class DataFacts:
+    """What the run learns from its (prepared) data."""
+
+    channels: int                     # of what the U-Net sees (pixels, or latents)
+    classes: tuple[str, ...]
+    flips_keep_conditions: bool       # False when captions name left or right
+    latent: dict | None = None        # `latent_splits`' "geometry" and "info" for latent runs
+
+
+def final_run(run: DiffusionRun, facts: DataFacts, conditioning, resumed: bool = False) -> tuple[DiffusionRun, dict]:
+    """The run as it trains (flips, the U-Net's latent geometry and condition input) and what its
+    checkpoints store beyond the run's sections (kind, classes, conditioning, latent VAE):
+    config.json's sections plus these make the run config a `DiffusionRecord` reads back."""
+    unet, hflip, extras = run.unet, run.data.hflip and facts.flips_keep_conditions, {}
+    if facts.latent is not None:
+        if not resumed:       # a resumed U-Net config has the latent geometry already
+            unet = dataclasses.replace(unet, **facts.latent["geometry"])
+        hflip = False         # latents are not flip-symmetric
+        extras["latent_vae"] = dict(facts.latent["info"], vae_checkpoint=run.latent.vae_checkpoint)
+    if unet.in_channels != facts.channels:
+        raise ConfigError("in_channels", f"is {unet.in_channels} but --dataset {run.data.dataset} has "
+                                         f"{facts.channels} channels; pass --in-chans {facts.channels}")
+    run = dataclasses.replace(run, unet=conditioning.configure(unet), data=dataclasses.replace(run.data, hflip=hflip))
+    return run, {"kind": "diffusion", "classes": list(facts.classes), **conditioning.stored(), **extras}
 
 
 def train_diffusion(run: DiffusionRun) -> Trained:
@@ -191,70 +180,45 @@ def train_diffusion(run: DiffusionRun) -> Trained:
     run.unet.image_size is taken from run.data; a resumed run keeps the U-Net, schedule, latent
     VAE, conditioning, text encoder and tokenizer stored in its checkpoint.
     """
-    if run.latent.latent and not run.latent.vae_checkpoint and not run.train.resume:
-        raise ConfigError("vae_checkpoint", "--latent needs --vae-checkpoint PATH (a best.pt or last.pt "
-                                            "from train_vae.py)")
-    if run.text.text_cond and run.quality.eval_every:
-        raise ConfigError("eval_every", "scores class-conditional and unconditional runs; a text-conditioned "
-                                        "run is measured by bench/text_to_image.py")
-    if run.train.select_by.startswith("eval/") and not run.quality.eval_every:
-        raise ConfigError("select_by", f"{run.train.select_by} is measured only with --eval-every N")
-    dist, device = start_run(run.train)
-    run = dataclasses.replace(run, unet=dataclasses.replace(run.unet, image_size=run.data.image_size))
+    check_run(run)
+    dist, device, run = start_run(run)
     resumed = prepare_run(run.train, "diffusion", dist)
-    if resumed is not None:
-        stored = resumed["config"]
-        latent = stored.get("latent_vae") or {}
-        run = dataclasses.replace(
-            run, unet=from_stored(UNetConfig, stored["unet"]),
-            diffusion=from_stored(DiffusionConfig, stored["diffusion"]),
-            latent=LatentConfig(latent=bool(latent),
-                                vae_checkpoint=run.latent.vae_checkpoint or latent.get("vae_checkpoint", "")),
-            guidance=dataclasses.replace(run.guidance, class_cond=stored["guidance"]["class_cond"]),
-            text=from_stored(TextConfig, stored["text"]) if "text" in stored else TextConfig())
+    record = DiffusionRecord.from_config(resumed["config"]) if resumed is not None else None
+    run = resolve_run(run, record)
     train_cfg, diff_cfg, guide_cfg = run.train, run.diffusion, run.guidance
-    conditioning = for_run(guide_cfg, run.text, resumed and resumed["config"])
+    conditioning = record.conditioning if record is not None else for_run(guide_cfg, run.text)
     torch.manual_seed(train_cfg.seed)
-    vae, run_extra, frozen = None, {}, {}
+    vae, latent, frozen = None, None, {}
     splits, conditioning = conditioning.prepare(load_data(run.data, train_cfg, dist), train_cfg.seed)
-    if run.data.hflip and not conditioning.allows_hflip(splits.train):
-        run = dataclasses.replace(run, data=dataclasses.replace(run.data, hflip=False))
-        if dist.is_main:
-            print("captions name left and right: horizontal flips are off")
+    flips = conditioning.allows_hflip(splits.train)
+    if run.data.hflip and not flips and dist.is_main:
+        print("captions name left and right: horizontal flips are off")
     if run.latent.latent:
         frozen["vae"] = latent_vae(run.latent, resumed)
         splits, latent = latent_splits(frozen["vae"], splits, device,
                                        train_cfg.save_dir, run.unet.attention_resolutions, dist)
-        if resumed is None:  # a resumed U-Net config has the latent geometry already
-            run = dataclasses.replace(run, unet=dataclasses.replace(run.unet, **latent["geometry"]))
-        run = dataclasses.replace(run, data=dataclasses.replace(run.data, hflip=False))  # latents are not flip-symmetric
-        run_extra["latent_vae"] = dict(latent["info"], vae_checkpoint=run.latent.vae_checkpoint)
-        vae = latent["vae"]
+        vae = latent.pop("vae")
+    facts = DataFacts(splits.train.channels, splits.train.classes, flips, latent)
+    run, extras = final_run(run, facts, conditioning, resumed=record is not None)
     splits, train_loader, val_loader = build_loaders(run.data, train_cfg, device, splits, dist)
-    if run.unet.in_channels != splits.train.channels:
-        raise ConfigError("in_channels", f"is {run.unet.in_channels} but --dataset {run.data.dataset} "
-                                         f"has {splits.train.channels} channels; pass --in-chans "
-                                         f"{splits.train.channels}")
-    run = dataclasses.replace(run, unet=conditioning.configure(run.unet))
     unet_cfg = run.unet
-    run_config = save_run_config(vars(run), train_cfg.save_dir, dist)
-    run_config.update(kind="diffusion", classes=list(splits.train.classes), **conditioning.stored(), **run_extra)
-    model = conditioning.network(unet_cfg).to(device)
-    schedule = diff_cfg.make_schedule().to(device)
+    run_config = {**save_run_config(vars(run), train_cfg.save_dir, dist), **extras}
+    record = DiffusionRecord.from_config(run_config)
+    pipe = DiffusionPipeline.from_record(record, record.network().to(device), vae)
+    model, schedule = pipe.model, pipe.schedule
     if dist.is_main:
         print(f"U-Net: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on "
               f"{unet_cfg.in_channels}x{unet_cfg.image_size}x{unet_cfg.image_size}; T = {diff_cfg.num_timesteps} "
               f"({diff_cfg.schedule}), predicting {diff_cfg.prediction}"
-              f"{conditioning.describe()}; {len(splits.train)} train / "
+              f"{pipe.conditioning.describe()}; {len(splits.train)} train / "
               f"{len(splits.test)} val images, device {device}, precision {train_cfg.precision}")
 
     def loss_fn(net, images, labels, generator=None, step=None):
         # training: label (caption) dropout teaches the unconditional model too; validation: none
-        labels = conditioning.train_input(labels, guide_cfg.cond_drop_prob if step is not None else 0.0, generator)
+        labels = pipe.conditioning.train_input(labels, guide_cfg.cond_drop_prob if step is not None else 0.0,
+                                               generator)
         return diffusion_loss(net, schedule, images, diff_cfg, labels, generator=generator)
 
-    pipe = DiffusionPipeline(model, schedule, diff_cfg.prediction, vae,
-                             run_extra.get("latent_vae", {}).get("scale_factor", 1.0), conditioning, run_config)
     grids = SampleGrid(pipe, run)
     metrics = None
     if run.quality.eval_every:      # rank 0 scores (decoded) images against the real pixels
@@ -268,8 +232,33 @@ def train_diffusion(run: DiffusionRun) -> Trained:
     pipe.model = trainer.eval_model
     if train_cfg.visualize and dist.is_main:
         val, val_labels = val_loader.spread(256)
-        write_figures(grids, trainer.history, val, val_labels, train_cfg.save_dir)
+        write_figures(pipe, run, trainer.history, val, val_labels, train_cfg.save_dir)
     return Trained(trainer, pipe)
+
+
+@torch.no_grad()
+def evaluate_bits_per_dim(pipe: DiffusionPipeline, images: torch.Tensor, timesteps: int = 0, batch_size: int = 64,
+                          seed: int = 0) -> dict:
+    """The DDPM bound in bits/dim (`diffusion.nll_bits_per_dim`) of `images` in [-1, 1] under a pixel
+    model, at the null condition: every KL term, or with 0 < `timesteps` < T - 1 a stratified
+    estimate over that many (`stratified_timesteps`, shared by all images); prints a running mean."""
+    T = pipe.schedule.num_timesteps
+    g = torch.Generator().manual_seed(seed)
+    k = timesteps if 0 < timesteps < T - 1 else T - 1
+    steps = stratified_timesteps(T, k, g) if k < T - 1 else torch.arange(1, T)
+    noise = torch.Generator(pipe.device).manual_seed(seed)
+    parts = {"total": [], "prior": [], "decoder": []}
+    for x in images.split(batch_size):
+        result = nll_bits_per_dim(pipe.model, pipe.schedule, x, pipe.config["diffusion"]["prediction"], steps,
+                                  labels=pipe.conditioning.null(len(x), pipe.device), generator=noise)
+        for key in parts:
+            parts[key].append(result[key].cpu())
+        print(f"  {sum(map(len, parts['total']))}/{len(images)} images: running bpd {torch.cat(parts['total']).mean():.4f}")
+    total = torch.cat(parts["total"])
+    return {"bpd": total.mean().item(),
+            "bpd_stderr": (total.std() / math.sqrt(len(total))).item() if len(total) > 1 else 0.0,
+            "prior_bpd": torch.cat(parts["prior"]).mean().item(),
+            "images": len(total), "timesteps": k, "num_timesteps": T}
 
 
 def stratified_timesteps(num_timesteps: int, k: int, generator: torch.Generator) -> torch.Tensor:

@@ -21,7 +21,7 @@ from ..diffusion import SamplerConfig
 from ..latent import cache_key
 from ..pipeline import DiffusionPipeline
 from ..quality import INCEPTION_FILE, ClassifierFeatures, InceptionFeatures, frechet_distance, kernel_distance
-from ..runtime import autocast, default_precision
+from ..runtime import autocast
 from .classifier import load_classifier
 
 FEATURES = ("classifier", "inception")
@@ -63,8 +63,8 @@ def draw_samples(pipe: DiffusionPipeline, num: int, *, labels: torch.Tensor | No
     classes 0, 1, ..., K-1, 0, ... prompts: the prompt of each image (text-conditioned models;
     with `balanced`, `prompt_template` filled with the names of the classes of its training data).
     sampler, options: as for the pipeline (a SamplerConfig or a name, plus field overrides,
-    negative_prompt, init_image, strength, mask). precision: fp32 or bf16 autocast, or auto (the device's,
-    `runtime.default_precision`). Returns the images and the labels used (None: unconditional).
+    negative_prompt, init_image, strength, mask). precision: one of `runtime.PRECISIONS` (auto: the
+    device's). Returns the images and the labels used (None: unconditional).
     """
     device = pipe.device
     asked = {"labels": labels, "prompt": prompts}       # one condition per image, sliced per batch
@@ -72,7 +72,7 @@ def draw_samples(pipe: DiffusionPipeline, num: int, *, labels: torch.Tensor | No
         asked, labels = pipe.conditioning.balanced(num, prompt_template)
     g = torch.Generator(device).manual_seed(seed)
     chunks = []
-    with autocast(device, default_precision(device) if precision == "auto" else precision):
+    with autocast(device, precision):
         for start in range(0, num, batch_size):
             part = {k: None if v is None else v[start:start + batch_size] for k, v in asked.items()}
             chunks.append(pipe(min(batch_size, num - start), guidance_scale=guidance_scale, generator=g,
@@ -186,8 +186,8 @@ class Scorer:
             if (trainer.epoch + 1) % self.cfg.eval_every:
                 return {}
             pipe.model = trainer.eval_model
-            images, labels = draw_samples(pipe, self.cfg.eval_samples, balanced=True,
-                                          guidance_scale=guidance_scale, sampler=sampler)
+            images, labels = draw_samples(pipe, self.cfg.eval_samples, balanced=True, guidance_scale=guidance_scale,
+                                          sampler=sampler, precision=trainer.cfg.precision)
             result = self.score(to_uint8(images), data, cache_dir, labels, pipe.class_names)
             found = {name: result["fd"], "eval/kid": result["kid"]}
             if "accuracy" in result:

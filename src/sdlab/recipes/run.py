@@ -17,19 +17,21 @@ from ..checkpoint import CheckpointError
 from ..config import config_dict
 from ..data import BatchLoader, DataConfig, DataError, Splits, load_splits
 from ..distributed import Dist, setup
-from ..pipeline import DiffusionPipeline, load_trained
-from ..runtime import check_precision, pick_device
+from ..pipeline import DiffusionPipeline
+from ..trained import load_trained
+from ..runtime import pick_device, resolve_precision
 from ..trainer import CHECKPOINTS, TrainConfig, Trainer, prepare_run_dir
 
 # TrainConfig fields that act once, when a run starts, and are never stored.
 ONE_OFF_ACTIONS = {"resume": "", "overwrite": False, "reset_schedule": False}
 
 
-def start_run(train: TrainConfig) -> tuple[Dist, torch.device]:
-    """This process's place in a torchrun job (one process without torchrun) and its device."""
-    device = pick_device(train.device)
-    check_precision(device, train.precision)
-    return setup(device)
+def start_run(run):
+    """This process's place in a torchrun job (one process without torchrun), its device, and
+    `run` (a recipe's run dataclass) with the precision it trains at resolved (`runtime`)."""
+    dist, device = setup(pick_device(run.train.device))
+    train = dataclasses.replace(run.train, precision=resolve_precision(device, run.train.precision))
+    return dist, device, dataclasses.replace(run, train=train)
 
 
 def prepare_run(train: TrainConfig, kind: str, dist: Dist) -> dict | None:
@@ -49,6 +51,12 @@ def stored_data_config(config: dict, dataset: str | None, data_dir: str | None) 
     stored = dict(config["data"])
     stored.update({k: v for k, v in (("dataset", dataset), ("data_dir", data_dir)) if v})
     return DataConfig(**stored)
+
+
+def stored_splits(config: dict, dataset: str | None, data_dir: str | None) -> tuple[DataConfig, Splits]:
+    """That data config and its splits, decoded and split as in training (the run's seed)."""
+    data = stored_data_config(config, dataset, data_dir)
+    return data, load_splits(data, seed=config["train"]["seed"])
 
 
 def load_data(data: DataConfig, train: TrainConfig, dist: Dist) -> Splits:

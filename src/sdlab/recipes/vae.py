@@ -49,7 +49,7 @@ def log_images(trainer: Trainer, fixed: torch.Tensor, latent_shape) -> None:
 def train_vae(run: VAERun) -> Trained:
     """Train (or, with run.train.resume, continue) a VAE; returns the trainer (history, EMA weights
     as `trainer.eval_model`). A resumed run keeps the architecture stored in its checkpoint."""
-    dist, device = start_run(run.train)
+    dist, device, run = start_run(run)
     resumed = prepare_run(run.train, "vae", dist)
     if resumed is not None:
         run = VAERun(run.data, run.train, from_stored(VAEConfig, resumed["config"]["vae"]), run.loss)

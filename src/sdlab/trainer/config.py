@@ -29,7 +29,8 @@ class TrainConfig:
     grad_clip: float = option(1.0, "clip the gradient norm to this value (0 disables)")
     grad_accum: int = option(1, "accumulate gradients over this many batches per step")
     ema_decay: float = option(0.0, "EMA decay of the weights used for validation (0 disables)")
-    precision: str = option("fp32", "autocast precision (fp16 needs CUDA)", choices=PRECISIONS)
+    precision: str = option("auto", "autocast precision: auto (bf16 where the hardware runs it natively, else "
+                                    "fp32), fp32, bf16, fp16 (CUDA)", choices=PRECISIONS)
     device: str = option("auto", DEVICE_HELP)
     seed: int = option(0, "seed of weights, batches and noise")
     early_stop_patience: int = option(0, "stop after this many epochs without improvement (0 disables)")

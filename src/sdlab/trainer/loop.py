@@ -48,7 +48,8 @@ class Trainer:
         run_config: the whole resolved config (plain dict), stored in every checkpoint so that
             commands can rebuild the model from the file alone.
         epoch_hook: called as epoch_hook(trainer) after each epoch's checkpoint is written
-            (TensorBoard images, sample grids).
+            (TensorBoard images, sample grids); it and epoch_metrics run under the autocast of
+            cfg.precision, as training does.
         epoch_metrics: called as epoch_metrics(trainer) after validation, before best.pt is
             chosen, by rank 0; returns {"eval/<name>": value} (empty on epochs it skips), logged
             like the validation terms and usable as --select-by.
@@ -270,8 +271,9 @@ class Trainer:
             self._stop_non_finite(f"validation loss after epoch {self.epoch + 1} (step {self.step}): "
                                   f"{', '.join(f'{k} = {val[k]}' for k in bad)}")
         record.update({f"val/{k}": v for k, v in val.items()})
-        if self.epoch_metrics is not None:
-            record.update(self.dist.on_main(lambda: self.epoch_metrics(self)))
+        if self.epoch_metrics is not None:       # scored at the precision the run trains at
+            with autocast(self.device, self.cfg.precision):
+                record.update(self.dist.on_main(lambda: self.epoch_metrics(self)))
         self.runlog.scalars({k: v for k, v in record.items() if k.startswith(("val/", "eval/"))}, self.step)
         self.history.append(record)
         self.epoch += 1
@@ -286,7 +288,8 @@ class Trainer:
                  f"  {images_per_second:.0f} img/s{'  (best)' if improved else ''}")
         self._stop_if_signalled()           # arrived during validation's last batch: skip the hook
         if self.epoch_hook is not None and self.dist.is_main:
-            self.epoch_hook(self)
+            with autocast(self.device, self.cfg.precision):     # grids drawn as the run trains
+                self.epoch_hook(self)
             self.writer.flush()
         self._stop_if_signalled()           # arrived during the hook (sample grids take a while)
         message = self.selection.early_stop(self.epoch, self.save_dir)
