@@ -5,6 +5,7 @@ path cost per training image?
     python diffusers/train_diffusion.py --dataset scenes --text-cond ... --save-dir RUN   # train (BENCHMARKS.md)
     python bench/text_to_image.py evaluate RUN/last.pt --guidance 1 3 5 --out docs/figures/text-to-image
     python bench/text_to_image.py cost --base-channels 32 --attention-resolutions 16 8
+    python bench/text_to_image.py encoding RUN/last.pt --guidance 3
 
 evaluate: every seen (colour, shape, size, position) combination `--per-combination` times and
 every held-out one (`scenes.HELD_OUT`: colour-shape pairs never drawn in training) three times
@@ -17,11 +18,18 @@ cost: milliseconds per image of one training step (forward + backward, batch 64,
 text-conditioned U-Net (text encoder + transformer blocks with cross-attention) and of the
 class-conditional U-Net (self-attention blocks) at the same widths and attention resolutions;
 median of --rounds rounds.
+
+encoding: seconds to sample --num prompts (DPM-Solver++(2M), --steps steps, fp32) with the prompt
+encoded once per call (the pipeline, `conditioning.TextCondition.denoiser`) against the text
+encoder re-run at every step on the token ids (what the pipeline did before issue 22), in
+alternating rounds in one process; the median of each, whether the images agree bitwise, and
+the text encoder's own time for one call.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import statistics
@@ -31,7 +39,9 @@ from pathlib import Path
 
 import torch
 
+from sdlab.conditioning import TextCondition
 from sdlab.data import to_uint8
+from sdlab.diffusion.guidance import guided
 from sdlab.pipeline import DiffusionPipeline
 from sdlab.recipes.quality import draw_samples
 from sdlab.scenes import attribute_accuracy, caption, combinations
@@ -98,6 +108,42 @@ def cost(args) -> None:
         print(f"{name}: {params:.2f}M parameters, {ms:.2f} ms/image (median of {args.rounds}, batch {b})", flush=True)
 
 
+class EncodeEveryStep(TextCondition):
+    """The text path re-encoding the prompt's token ids at every denoiser call."""
+
+    def denoiser(self, model, cond, uncond, scale):
+        return guided(model, cond, scale, uncond)
+
+
+def encoding(args) -> None:
+    pipe = DiffusionPipeline.from_checkpoint(args.checkpoint, torch.device("cpu"))
+    c = pipe.conditioning
+    variants = {"encoded once": pipe,
+                "encoded every step": dataclasses.replace(pipe, conditioning=EncodeEveryStep(
+                    c.text, c.tokenizer, c.sample_prompts, c.class_names))}
+    prompts = [caption(*p) for p in (combinations() * args.num)[:args.num]]
+    times, images = {name: [] for name in variants}, {}
+    for w in args.guidance:
+        for r in range(args.rounds + 1):                      # round 0: warm-up, not counted
+            for name, p in variants.items():
+                start = time.perf_counter()
+                images[name] = p(args.num, prompt=prompts, guidance_scale=w, sampler="dpmpp_2m",
+                                 sample_steps=args.steps, generator=torch.Generator().manual_seed(0))
+                if r:
+                    times[name].append(time.perf_counter() - start)
+        ids = c.tokens(prompts * 2, 2 * args.num, pipe.device)
+        with torch.no_grad():
+            start = time.perf_counter()
+            pipe.model.encode(ids)
+            encoder = time.perf_counter() - start
+        same = torch.equal(*images.values())
+        print(f"w = {w:g}, {args.num} prompts, {args.steps} steps: " + "; ".join(
+            f"{name} {statistics.median(t):.2f} s (rounds {', '.join(f'{x:.2f}' for x in t)})" for name, t in times.items())
+            + f"; images bitwise equal: {same}; text encoder on {2 * args.num} prompts once: {encoder * 1000:.1f} ms",
+            flush=True)
+        times = {name: [] for name in variants}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -116,9 +162,15 @@ def main() -> None:
     co.add_argument("--text-width", type=int, default=64)
     co.add_argument("--batch", type=int, default=64)
     co.add_argument("--rounds", type=int, default=5)
+    en = commands.add_parser("encoding")
+    en.add_argument("checkpoint")
+    en.add_argument("--guidance", type=float, nargs="+", default=[3.0])
+    en.add_argument("--num", type=int, default=128)
+    en.add_argument("--steps", type=int, default=15)
+    en.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    {"evaluate": evaluate, "cost": cost}[args.command](args)
+    {"evaluate": evaluate, "cost": cost, "encoding": encoding}[args.command](args)
 
 
 if __name__ == "__main__":
