@@ -35,3 +35,21 @@ def test_precision_rules():
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.bfloat16
     with autocast(cpu, "fp32"):
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("command, run_cls", [("train_diffusion", "DiffusionRun"), ("train_vae", "VAERun"),
+                                               ("train_classifier", "ClassifierRun")])
+def test_the_python_api_and_the_command_line_pick_the_same_defaults(command, run_cls):
+    import importlib
+
+    import sdlab.recipes as recipes
+    from sdlab.trainer import TrainConfig
+
+    configs, _ = importlib.import_module(f"sdlab.cli.{command}").parse(["--device", "cpu"])
+    run = getattr(recipes, run_cls).recommended(train={"device": "cpu"})
+    assert vars(run) == configs
+    assert run.train.precision == "auto" == TrainConfig().precision     # resolved alike when the run starts
+    tuned = getattr(recipes, run_cls).recommended(train={"device": "cpu", "epochs": 1})
+    assert tuned.train.epochs == 1 and tuned.train.lr == run.train.lr
+    with pytest.raises(TypeError, match="no section"):
+        getattr(recipes, run_cls).recommended(nonsense={})

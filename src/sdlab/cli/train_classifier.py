@@ -12,14 +12,10 @@ import torch
 from ..classifier import ClassifierConfig
 from ..data import DataConfig
 from ..recipes import ClassifierRun, train_classifier
+from ..recipes.classifier import DEFAULTS
 from ..trainer import TrainConfig
 from .flags import add_config_flags, build_configs
 from .session import resolve_device, shared_parser, user_errors
-
-# Defaults chosen for test accuracy per CPU-minute on CIFAR-10 (BENCHMARKS.md, "Classifier").
-DEFAULTS = {"batch_size": 256, "epochs": 8, "lr": 3e-3, "weight_decay": 0.05, "scheduler": "cosine",
-            "warmup_steps": 100, "grad_clip": 0.0, "save_dir": "outputs/classifier"}
-
 
 def build_parser():
     parser = shared_parser("sdlab-train-classifier", "Train the classifier of the offline sample-"

@@ -19,6 +19,7 @@ from ..diffusion import DiffusionConfig, SamplerConfig
 from ..diffusion.guidance import GuidanceConfig
 from ..latent import LatentConfig
 from ..recipes import DiffusionRun, train_diffusion
+from ..recipes.diffusion import device_defaults
 from ..recipes.quality import QualityConfig
 from ..text import TextConfig
 from ..trainer import TrainConfig
@@ -38,10 +39,6 @@ DIFFUSION_ALIASES = {
     "out_channels": ["--out-chans"],
 }
 
-CPU_DEFAULTS = {"epochs": 100, "batch_size": 64, "lr": 3e-4, "warmup_steps": 200, "ema_decay": 0.999,
-                "save_dir": "outputs/diffusion"}
-CUDA_DEFAULTS = {"epochs": 500, "batch_size": 128, "lr": 2e-4, "warmup_steps": 5000,
-                 "ema_decay": 0.9999, "save_dir": "outputs/diffusion"}
 CLASSES = {"data": DataConfig, "train": TrainConfig, "unet": UNetConfig, "diffusion": DiffusionConfig,
            "sampler": SamplerConfig, "latent": LatentConfig, "guidance": GuidanceConfig, "text": TextConfig, "quality": QualityConfig}
 
@@ -77,9 +74,7 @@ def parse(argv=None) -> tuple[dict, torch.device]:
     if not args.residual:
         parser.error("--no-residual: the U-Net's blocks are always residual (DDPM App. B)")
     device = resolve_device(parser, build_configs(parser, args, CLASSES)["train"])
-    size = args.model_size or ("ddpm-cifar10" if device.type == "cuda" else "cpu")
-    defaults = dict(CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS, **PRESETS[size])
-    configs = build_configs(parser, args, CLASSES, overrides=defaults)
+    configs = build_configs(parser, args, CLASSES, overrides=device_defaults(device, args.model_size))
     configs["unet"] = dataclasses.replace(configs["unet"], image_size=configs["data"].image_size)
     if args.is_attn is not None:
         unet = configs["unet"]

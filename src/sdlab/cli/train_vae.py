@@ -10,6 +10,7 @@ import torch
 
 from ..data import DataConfig
 from ..recipes import VAERun, train_vae
+from ..recipes.vae import device_defaults
 from ..trainer import TrainConfig
 from ..vae import VAEConfig, VAELossConfig
 from .flags import add_config_flags, build_configs
@@ -28,13 +29,6 @@ VAE_ALIASES = {
     "kl_weight": ["--B"],
 }
 
-# Defaults chosen for reconstruction quality per minute of training (BENCHMARKS.md).
-CPU_DEFAULTS = {"base_channels": 32, "epochs": 30, "lr": 1e-3, "scheduler": "cosine",
-                "warmup_steps": 200, "save_dir": "outputs/vae"}
-CUDA_DEFAULTS = {"base_channels": 128, "num_res_blocks": 2, "epochs": 100, "lr": 5e-4,
-                 "scheduler": "cosine", "warmup_steps": 500, "save_dir": "outputs/vae"}
-
-
 def build_parser():
     parser = shared_parser("train_vae.py", "Train the Stable Diffusion VAE (encoder, "
                            "reparameterization, decoder; reconstruction + beta * KL).")
@@ -49,7 +43,7 @@ def parse(argv=None) -> tuple[dict, torch.device]:
     args = parser.parse_args(argv)
     classes = {"data": DataConfig, "train": TrainConfig, "vae": VAEConfig, "loss": VAELossConfig}
     device = resolve_device(parser, build_configs(parser, args, classes)["train"])
-    configs = build_configs(parser, args, classes, overrides=CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS)
+    configs = build_configs(parser, args, classes, overrides=device_defaults(device))
     return configs, resolve_device(parser, configs["train"])
 
 

@@ -19,10 +19,15 @@ from ..data import DataConfig, to_unit_range
 from ..errors import UserError
 from ..trained import load_trained, load_weights, trained_weights
 from ..trainer import TrainConfig, Trainer
-from .run import Trained, build_loaders, prepare_run, report, save_run_config, start_run
+from .run import Trained, build_loaders, prepare_run, report, save_run_config, start_run, with_defaults
 
 
 WHITENING_IMAGES = 5000     # training images the whitening stem's patch statistics are taken from
+
+
+# Defaults chosen for test accuracy per CPU-minute on CIFAR-10 (BENCHMARKS.md, "Classifier").
+DEFAULTS = {"batch_size": 256, "epochs": 8, "lr": 3e-3, "weight_decay": 0.05, "scheduler": "cosine",
+            "warmup_steps": 100, "grad_clip": 0.0, "save_dir": "outputs/classifier"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,11 @@ class ClassifierRun:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+
+    @classmethod
+    def recommended(cls, **sections) -> "ClassifierRun":
+        """What `sdlab-train-classifier` runs with no flags, with `sections` over it."""
+        return with_defaults(cls, DEFAULTS, sections)
 
 
 def train_classifier(run: ClassifierRun) -> Trained:

@@ -32,11 +32,27 @@ from ..record import DiffusionRecord
 from ..trained import build_vae, carried_vae, load_trained, stored_vae
 from ..text import TextConfig
 from ..trainer import TrainConfig, Trainer
-from ..unet import UNetConfig
+from ..runtime import pick_device
+from ..unet import PRESETS, UNetConfig
 from ..visualize import grid, save_grid
 from .diffusion_figures import write_figures
 from .quality import QualityConfig, Scorer
-from .run import Trained, build_loaders, load_data, prepare_run, report, save_run_config, start_run
+from .run import Trained, build_loaders, load_data, prepare_run, report, save_run_config, start_run, with_defaults
+
+
+# What train_diffusion.py runs with on each device (and the U-Net preset: cpu on CPU,
+# ddpm-cifar10 on CUDA); flags and `DiffusionRun.recommended`'s sections go over them.
+CPU_DEFAULTS = {"epochs": 100, "batch_size": 64, "lr": 3e-4, "warmup_steps": 200, "ema_decay": 0.999,
+                "save_dir": "outputs/diffusion"}
+CUDA_DEFAULTS = {"epochs": 500, "batch_size": 128, "lr": 2e-4, "warmup_steps": 5000,
+                 "ema_decay": 0.9999, "save_dir": "outputs/diffusion"}
+
+
+def device_defaults(device: torch.device, model_size: str | None = None) -> dict:
+    """The defaults (field -> value) of a diffusion run on `device`, with the U-Net preset
+    `model_size` (default: cpu on CPU, ddpm-cifar10 on CUDA)."""
+    size = model_size or ("ddpm-cifar10" if device.type == "cuda" else "cpu")
+    return dict(CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS, **PRESETS[size])
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,13 @@ class DiffusionRun:
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     text: TextConfig = field(default_factory=TextConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+
+    @classmethod
+    def recommended(cls, model_size: str | None = None, **sections) -> "DiffusionRun":
+        """What `train_diffusion.py` runs with no flags on the device of sections["train"]
+        (default auto), with `sections` over it: DiffusionRun.recommended(train={"epochs": 1})."""
+        device = pick_device(sections.get("train", {}).get("device", "auto"))
+        return with_defaults(cls, device_defaults(device, model_size), sections)
 
 
 def latent_vae(latent_cfg: LatentConfig, resumed: dict | None) -> dict:

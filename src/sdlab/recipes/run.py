@@ -34,6 +34,20 @@ def start_run(run):
     return dist, device, dataclasses.replace(run, train=train)
 
 
+def with_defaults(run_cls, defaults: dict, sections: dict):
+    """A `run_cls` run from a recipe's `defaults` (field -> value, which its command applies under
+    the flags) with `sections` ({section: {field: value}}) over them: what the command line runs
+    with no flags, from Python."""
+    sections, built = dict(sections), {}
+    for f in dataclasses.fields(run_cls):
+        cls = f.default_factory
+        names = {g.name for g in dataclasses.fields(cls)}
+        built[f.name] = cls(**{**{k: v for k, v in defaults.items() if k in names}, **sections.pop(f.name, {})})
+    if sections:
+        raise TypeError(f"{run_cls.__name__} has no section {', '.join(sections)}")
+    return run_cls(**built)
+
+
 def prepare_run(train: TrainConfig, kind: str, dist: Dist) -> dict | None:
     """Check the output folders before any work (see `trainer.prepare_run_dir`; rank 0 does it);
     with --resume, return the checkpoint it names, which must be a `kind` checkpoint (else None)."""

@@ -18,10 +18,24 @@ from ..config import ConfigError, from_stored
 from ..data import BatchLoader, DataConfig
 from ..likelihood import bits_per_dim, discretized_gaussian_log_likelihood
 from ..figures import vae_figures
+from ..runtime import pick_device
 from ..trainer import TrainConfig, Trainer
 from ..vae import VAE, VAEConfig, VAELossConfig, psnr, vae_loss
 from ..visualize import grid
-from .run import Trained, build_loaders, prepare_run, report, save_run_config, start_run
+from .run import Trained, build_loaders, prepare_run, report, save_run_config, start_run, with_defaults
+
+
+# Defaults chosen for reconstruction quality per minute of training (BENCHMARKS.md).
+CPU_DEFAULTS = {"base_channels": 32, "epochs": 30, "lr": 1e-3, "scheduler": "cosine",
+                "warmup_steps": 200, "save_dir": "outputs/vae"}
+CUDA_DEFAULTS = {"base_channels": 128, "num_res_blocks": 2, "epochs": 100, "lr": 5e-4,
+                 "scheduler": "cosine", "warmup_steps": 500, "save_dir": "outputs/vae"}
+
+
+def device_defaults(device: torch.device) -> dict:
+    """The defaults (field -> value) of a VAE run on `device`; flags and `VAERun.recommended`'s
+    sections go over them."""
+    return CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
 
 
 @dataclass(frozen=True)
@@ -32,6 +46,13 @@ class VAERun:
     train: TrainConfig = field(default_factory=TrainConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
+
+    @classmethod
+    def recommended(cls, **sections) -> "VAERun":
+        """What `train_vae.py` runs with no flags on the device of sections["train"] (default
+        auto), with `sections` over it: VAERun.recommended(train={"epochs": 1})."""
+        device = pick_device(sections.get("train", {}).get("device", "auto"))
+        return with_defaults(cls, device_defaults(device), sections)
 
 
 def log_images(trainer: Trainer, fixed: torch.Tensor, latent_shape) -> None:
