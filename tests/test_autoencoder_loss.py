@@ -76,7 +76,7 @@ def test_watson_distance_of_a_brightness_shift_has_its_closed_form():
     d = watson(x + 2 * delta, x)
     a, b = 1.0, 0.5**0.2                             # t_l = 1; the grey block's DC amplitude is 0.5
     s = (a * math.exp(a) + b * math.exp(b)) / (math.exp(a) + math.exp(b))
-    assert d.tolist() == pytest.approx([4 * delta / s / 3] * 2, rel=1e-4)
+    assert d.tolist() == pytest.approx([4 * delta / s / 3 / 256] * 2, rel=1e-4)      # per pixel of 16x16
     assert watson(x, x).max().item() < 1e-6
 
 
@@ -96,3 +96,63 @@ def test_watson_distance_is_per_image_finite_in_its_gradient_and_grows_with_the_
     assert torch.isfinite(x_hat.grad).all() and x_hat.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="divisible by 8"):
         watson(torch.zeros(1, 3, 12, 12), torch.zeros(1, 3, 12, 12))
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+def sd_run(save_dir, epochs, **train):
+    from sdlab.data import DataConfig
+    from sdlab.discriminator import DiscriminatorConfig
+    from sdlab.recipes import VAERun
+    from sdlab.trainer import TrainConfig
+    from sdlab.vae import VAEConfig, VAELossConfig
+
+    return VAERun(data=DataConfig(dataset="synthetic", synthetic_size=64, image_size=16, batch_size=16),
+                  train=TrainConfig(epochs=epochs, save_dir=str(save_dir), device="cpu", precision="fp32",
+                                    beta1=0.5, beta2=0.9, ema_decay=0.9, lr=1e-3, **train),
+                  vae=VAEConfig(base_channels=8),
+                  loss=VAELossConfig(recon_loss="l1", kl_weight=1e-6, perceptual="watson", learned_variance=True),
+                  disc=DiscriminatorConfig(disc_start=3, disc_channels=8))
+
+
+def test_stable_diffusion_loss_trains_two_optimizers_resumes_exactly_and_feeds_latent_diffusion(tmp_path):
+    from sdlab.checkpoint import load_checkpoint, state_digest
+    from sdlab.recipes import train_vae
+    from sdlab.trained import carried_vae, load_vae
+
+    full = train_vae(sd_run(tmp_path / "full", 2)).trainer
+    names = [o.name for o in full.optimizers]
+    assert names == ["autoencoder", "disc"] and full.optimizers[1].update.starts_at == 3
+    record = full.history[-1]
+    assert {"train/g_loss", "train/d_weight", "train/disc_loss", "val/perceptual"} <= set(record)
+    assert "train/g_loss" not in full.history[0] or full.history[0]["step"] > 3
+    assert full.model.logvar.item() != 0.0                                   # the log-scale is learned
+    train_vae(sd_run(tmp_path / "cut", 1))
+    again = train_vae(sd_run(tmp_path / "cut", 2, resume="last")).trainer
+    for (name, a), b in zip(full.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [r["val/loss"] for r in full.history] == [r["val/loss"] for r in again.history]
+    # the checkpoint's VAE part is what latent diffusion and sdlab-eval-vae read
+    state = load_checkpoint(tmp_path / "full" / "last.pt")
+    vae, _ = load_vae(str(tmp_path / "full" / "last.pt"), torch.device("cpu"))
+    ema_vae = {k.removeprefix("vae."): v for k, v in state["ema"].items() if k.startswith("vae.")}
+    assert state_digest(vae.state_dict()) == state_digest(ema_vae) == carried_vae(state)["sha256"]
+
+
+def test_resuming_with_another_loss_is_refused_naming_the_flag(tmp_path):
+    import dataclasses
+
+    from sdlab.config import ConfigError
+    from sdlab.recipes import train_vae
+    from sdlab.vae import VAELossConfig
+
+    train_vae(sd_run(tmp_path / "sd", 1))
+    elbo_flags = dataclasses.replace(sd_run(tmp_path / "sd", 2, resume="last"), loss=VAELossConfig())
+    with pytest.raises(ConfigError, match="Stable Diffusion's loss and a learned variance"):
+        train_vae(elbo_flags)
+    plain = dataclasses.replace(sd_run(tmp_path / "elbo", 1), loss=VAELossConfig(),
+                                disc=dataclasses.replace(sd_run(tmp_path, 1).disc, disc_start=-1))
+    train_vae(plain)
+    with pytest.raises(ConfigError, match="the ELBO's loss"):
+        train_vae(dataclasses.replace(sd_run(tmp_path / "elbo", 2, resume="last"), disc=plain.disc))

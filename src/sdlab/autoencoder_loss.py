@@ -26,6 +26,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from .discriminator import DiscriminatorConfig, PatchGAN
+from .randomness import NoiseSource
+from .vae import VAE, VAELossConfig, psnr
 
 ADAPTIVE_MAX = 1e4
 
@@ -57,3 +62,63 @@ def adaptive_weight(nll: torch.Tensor, adversarial: torch.Tensor, last_layer: to
     g_nll = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
     g_adv = torch.autograd.grad(adversarial, last_layer, retain_graph=True)[0]
     return (g_nll.norm() / (g_adv.norm() + 1e-4)).clamp(0, ADAPTIVE_MAX).detach() * scale
+
+
+class AutoencoderTraining(nn.Module):
+    """What Stable Diffusion's loss trains: the VAE, the PatchGAN (None without the adversarial
+    term) and the scalar log-scale s. Its state dict holds the VAE under "vae."
+    (`trained.autoencoder_weights` reads it back)."""
+
+    def __init__(self, vae: VAE, disc: DiscriminatorConfig):
+        super().__init__()
+        self.vae = vae
+        self.disc = PatchGAN(vae.cfg.in_channels, disc.disc_channels, disc.disc_layers) if disc.adversarial else None
+        self.logvar = nn.Parameter(torch.zeros(()))
+
+    def autoencoder(self, learned_variance: bool) -> nn.Module:
+        """The parameters the autoencoder's optimizer steps: the VAE, and s when it is learned."""
+        return _WithScale(self.vae, self.logvar) if learned_variance else self.vae
+
+
+class _WithScale(nn.Module):
+    def __init__(self, vae: VAE, logvar: nn.Parameter):
+        super().__init__()
+        self.vae, self.logvar = vae, logvar
+
+
+def autoencoder_loss(model: AutoencoderTraining, x: torch.Tensor, cfg: VAELossConfig, disc: DiscriminatorConfig,
+                     perceptual: nn.Module | None = None, *, generator: torch.Generator | NoiseSource | None = None,
+                     step: int | None = None) -> dict:
+    """L_AE of the module docstring for images x (B, C, H, W) in [-1, 1]; the adversarial term
+    from step disc.disc_start of training (never in validation, `step` None, which has no
+    gradients for the adaptive weight). Returns {"loss", "nll", "kl", "recon", "psnr", "logvar",
+    and "perceptual", "g_loss", "d_weight" where they apply}; all but loss detached."""
+    x_hat, posterior = model.vae(x, generator=generator)
+    x_hat = x_hat.float()
+    rec = (x_hat - x).abs() if cfg.recon_loss == "l1" else (x_hat - x).pow(2)
+    terms = {"recon": rec.flatten(1).sum(1).mean().detach(), "psnr": psnr(x_hat.detach(), x).mean()}
+    if perceptual is not None:
+        distance = perceptual(x_hat, x)
+        rec = rec + cfg.perceptual_weight * distance.view(-1, 1, 1, 1)
+        terms["perceptual"] = distance.mean().detach()
+    nll = nll_loss(rec, model.logvar)
+    kl = posterior.kl().float().mean()
+    beta = cfg.kl_weight * (min(1.0, step / cfg.kl_warmup_steps) if step is not None and cfg.kl_warmup_steps else 1.0)
+    loss = nll + beta * kl
+    if disc.adversarial and step is not None and step >= disc.disc_start:
+        g = generator_loss(model.disc(x_hat))
+        weight = adaptive_weight(nll, g, model.vae.decoder.conv_out.weight, disc.disc_weight)
+        loss = loss + weight * g
+        terms.update(g_loss=g.detach(), d_weight=weight)
+    return {"loss": loss, "nll": nll.detach(), "kl": kl.detach(), "logvar": model.logvar.detach(), **terms}
+
+
+def discriminator_update(model: AutoencoderTraining, x: torch.Tensor, disc: DiscriminatorConfig, *,
+                         generator: torch.Generator | NoiseSource | None = None) -> dict:
+    """L_D on real images x and fresh reconstructions (no gradient into the VAE), as LDM's second
+    optimizer step recomputes them. Returns {"loss", "logits_real", "logits_fake"}."""
+    with torch.no_grad():
+        x_hat = model.vae(x, generator=generator)[0].float()
+    real, fake = model.disc(x), model.disc(x_hat)
+    return {"loss": discriminator_loss(real, fake, disc.disc_loss),
+            "logits_real": real.float().mean().detach(), "logits_fake": fake.float().mean().detach()}

@@ -9,11 +9,13 @@ parameters the paper starts its training from, so nothing is fitted or fetched:
     s[k, f]   = smoothmax(t_l, |c_kf|^w * t_l^(1 - w))         contrast masking
     D_amp     = (sum_k,f |(|c_hat| - |c|) / s|^beta)^(1/beta)   Minkowski pooling
     D_phase   = sum_k,f w_phase[f] * angle(c_hat, c)            phase term (the angle between the two)
-    D         = sum over Y, Cb, Cr of (D_amp + D_phase) / 3
+    D         = sum over Y, Cb, Cr of (D_amp + D_phase) / 3, returned per pixel: D / (H W)
 
 with t = 1 (a uniform table), alpha = 0.1, w = 0.2, beta = 1 and w_phase = exp(-2) (zero for the
 real coefficients, whose phase is 0 or pi). smoothmax(a, b) = (a e^a + b e^b) / (e^a + e^b).
-Images arrive in [-1, 1] and are mapped to [0, 1] first, as the paper's model expects. Unlike the
+Images arrive in [-1, 1] and are mapped to [0, 1] first, as the paper's model expects. D is a sum
+over the image's blocks; divided by the pixel count it is added to each pixel's reconstruction
+cost (`autoencoder_loss`), so the image's loss gains D once, as LDM adds LPIPS (a spatial mean). Unlike the
 reference code, the mean DC amplitude is taken per image, not over the batch, so an image's
 distance does not depend on the batch it is in (and on the number of processes).
 """
@@ -21,7 +23,6 @@ distance does not depend on the batch it is in (and on the number of processes).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 BLOCK = 8
@@ -47,7 +48,7 @@ def smoothmax(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class WatsonDFT(nn.Module):
-    """D(x_hat, x) per image (B,), x the reference; differentiable in x_hat, no trained weights."""
+    """D(x_hat, x) / (H W) per image (B,), x the reference; differentiable in x_hat, no trained weights."""
 
     def __init__(self):
         super().__init__()
@@ -72,4 +73,4 @@ class WatsonDFT(nn.Module):
         prod = c_hat * c.conj()
         angle = torch.atan2(prod.imag.abs(), prod.real + EPS**2)
         d_phase = (angle * self.w_phase[None, :, None]).sum((2, 3, 4))
-        return (d_amp + d_phase).mean(1)
+        return (d_amp + d_phase).mean(1) / (x.shape[-2] * x.shape[-1])

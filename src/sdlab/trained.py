@@ -42,10 +42,21 @@ def load_weights(model: torch.nn.Module, weights: dict, path: str) -> None:
                               f"({first_line(err)}); the file is damaged or was edited") from None
 
 
+def autoencoder_weights(state: dict) -> dict:
+    """The VAE weights of a train_vae.py checkpoint (EMA when present): the whole model of an
+    ELBO run; the "vae." part of a run with Stable Diffusion's loss, whose model also holds the
+    discriminator and the log-scale (`autoencoder_loss.AutoencoderTraining`, recognised by its
+    top-level "logvar")."""
+    weights = trained_weights(state)
+    if "logvar" not in weights:
+        return weights
+    return {k.removeprefix("vae."): v for k, v in weights.items() if k.startswith("vae.")}
+
+
 def carried_vae(state: dict) -> dict:
     """What a latent diffusion checkpoint stores of the VAE in train_vae.py checkpoint `state`:
     config, weights and their SHA-256."""
-    weights = trained_weights(state)
+    weights = autoencoder_weights(state)
     return {"config": state["config"]["vae"], "weights": weights, "sha256": state_digest(weights)}
 
 
@@ -70,5 +81,5 @@ def build_vae(carried: dict, device: torch.device, path: str) -> VAE:
 def load_vae(path: str, device: torch.device) -> tuple[VAE, dict]:
     """(frozen VAE with EMA weights if present, the whole checkpoint) from a train_vae.py file."""
     state = load_trained(path, device, "vae")
-    parts = {"config": state["config"]["vae"], "weights": trained_weights(state)}
+    parts = {"config": state["config"]["vae"], "weights": autoencoder_weights(state)}
     return build_vae(parts, device, path), state

@@ -27,6 +27,7 @@ from .randomness import NoiseSource
 
 RECON_LOSSES = ("mse", "l1")
 REDUCTIONS = ("sum", "mean")
+PERCEPTUAL = ("none", "watson")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,11 @@ class VAELossConfig:
     recon_loss: str = option("mse", "reconstruction term: mse (Gaussian) or l1 (Laplace)", choices=RECON_LOSSES)
     reduction: str = option("sum", "sum: per-image sums over pixels and latent dims; mean: both divided by pixel count",
                             choices=REDUCTIONS)
+    perceptual: str = option("none", "perceptual term added to each pixel's reconstruction cost: none, or watson "
+                                     "(Watson's model in DFT space, no download; `perceptual`)", choices=PERCEPTUAL)
+    perceptual_weight: float = option(1.0, "weight of the perceptual term (LDM: 1)")
+    learned_variance: bool = option(False, "divide the reconstruction cost by a learned scalar exp(s) and add s per "
+                                           "pixel (LDM's NLL form, `autoencoder_loss`)")
 
     def __post_init__(self):
         require_finite(self)
@@ -69,6 +75,13 @@ class VAELossConfig:
         require(self.kl_warmup_steps >= 0, "kl_warmup_steps", f"must be >= 0 (got {self.kl_warmup_steps})")
         require_choice(self.recon_loss, RECON_LOSSES, "recon_loss")
         require_choice(self.reduction, REDUCTIONS, "reduction")
+        require_choice(self.perceptual, PERCEPTUAL, "perceptual")
+        require(self.perceptual_weight >= 0, "perceptual_weight", f"must be >= 0 (got {self.perceptual_weight})")
+
+    @property
+    def stable_diffusion(self) -> bool:
+        """Whether the loss is Stable Diffusion's (`autoencoder_loss`) rather than the ELBO."""
+        return self.perceptual != "none" or self.learned_variance
 
 
 class DiagonalGaussian:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..data import DataConfig
+from ..discriminator import DiscriminatorConfig
 from ..recipes import VAERun, train_vae
 from ..recipes.vae import device_defaults
 from ..trainer import TrainConfig
@@ -34,6 +35,7 @@ def build_parser():
                            "reparameterization, decoder; reconstruction + beta * KL).")
     add_config_flags(parser, VAEConfig, "VAE model", VAE_ALIASES)
     add_config_flags(parser, VAELossConfig, "VAE loss", VAE_ALIASES)
+    add_config_flags(parser, DiscriminatorConfig, "PatchGAN discriminator (Stable Diffusion's adversarial term)")
     return parser
 
 
@@ -41,7 +43,8 @@ def parse(argv=None) -> tuple[dict, torch.device]:
     """Flags -> {section: config} of a VAERun (CPU or CUDA defaults) and the device."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    classes = {"data": DataConfig, "train": TrainConfig, "vae": VAEConfig, "loss": VAELossConfig}
+    classes = {"data": DataConfig, "train": TrainConfig, "vae": VAEConfig, "loss": VAELossConfig,
+               "disc": DiscriminatorConfig}
     device = resolve_device(parser, build_configs(parser, args, classes)["train"])
     configs = build_configs(parser, args, classes, overrides=device_defaults(device))
     return configs, resolve_device(parser, configs["train"])

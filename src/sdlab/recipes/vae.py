@@ -14,12 +14,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..autoencoder_loss import AutoencoderTraining, autoencoder_loss, discriminator_update
 from ..config import ConfigError, from_stored
 from ..data import BatchLoader, DataConfig
+from ..discriminator import DiscriminatorConfig
 from ..likelihood import bits_per_dim, discretized_gaussian_log_likelihood
+from ..perceptual import WatsonDFT
 from ..figures import vae_figures
 from ..runtime import pick_device
-from ..trainer import TrainConfig, Trainer
+from ..trainer import TrainConfig, Trainer, Update
 from ..vae import VAE, VAEConfig, VAELossConfig, psnr, vae_loss
 from ..visualize import grid
 from .run import Trained, build_loaders, prepare_run, report, save_run_config, start_run, with_defaults
@@ -46,6 +49,7 @@ class VAERun:
     train: TrainConfig = field(default_factory=TrainConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
+    disc: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
 
     @classmethod
     def recommended(cls, **sections) -> "VAERun":
@@ -57,7 +61,7 @@ class VAERun:
 
 def log_images(trainer: Trainer, fixed: torch.Tensor, latent_shape) -> None:
     """TensorBoard images each epoch: inputs above reconstructions, and prior samples."""
-    vae = trainer.eval_model
+    vae = autoencoder_of(trainer.eval_model)
     vae.eval()
     with torch.no_grad():
         recon = vae.decode(vae.encode(fixed).mode())
@@ -67,13 +71,47 @@ def log_images(trainer: Trainer, fixed: torch.Tensor, latent_shape) -> None:
     trainer.writer.add_image("vae/prior_samples", grid(samples), trainer.step)
 
 
+def autoencoder_of(model: torch.nn.Module) -> VAE:
+    """The VAE of a trained model (itself, or the VAE of `AutoencoderTraining`)."""
+    return model.vae if isinstance(model, AutoencoderTraining) else model
+
+
+def updates(model: torch.nn.Module, run: VAERun, device: torch.device) -> list[Update]:
+    """The optimizers of a VAE run: one for the ELBO; with Stable Diffusion's loss the
+    autoencoder's (`autoencoder_loss`) and, from --disc-start on, the discriminator's, stepped
+    alternately on every batch."""
+    loss_cfg, disc = run.loss, run.disc
+    if not isinstance(model, AutoencoderTraining):
+        return [Update(lambda net, images, labels, generator=None, step=None:
+                       vae_loss(net, images, loss_cfg, generator=generator, step=step))]
+    perceptual = WatsonDFT().to(device) if loss_cfg.perceptual == "watson" else None
+    found = [Update(lambda net, images, labels, generator=None, step=None:
+                    autoencoder_loss(net, images, loss_cfg, disc, perceptual, generator=generator, step=step),
+                    model.autoencoder(loss_cfg.learned_variance), "autoencoder")]
+    if disc.adversarial:
+        found.append(Update(lambda net, images, labels, generator=None, step=None:
+                            discriminator_update(net, images, disc, generator=generator),
+                            model.disc, "disc", lr=disc.disc_lr or None, starts_at=disc.disc_start))
+    return found
+
+
 def train_vae(run: VAERun) -> Trained:
     """Train (or, with run.train.resume, continue) a VAE; returns the trainer (history, EMA weights
-    as `trainer.eval_model`). A resumed run keeps the architecture stored in its checkpoint."""
+    as `trainer.eval_model`). With run.loss.perceptual, run.loss.learned_variance or
+    run.disc.disc_start >= 0 the loss is Stable Diffusion's (`autoencoder_loss`), with a PatchGAN
+    discriminator and its own optimizer. A resumed run keeps the architecture (VAE and
+    discriminator) stored in its checkpoint."""
     dist, device, run = start_run(run)
     resumed = prepare_run(run.train, "vae", dist)
     if resumed is not None:
-        run = VAERun(run.data, run.train, from_stored(VAEConfig, resumed["config"]["vae"]), run.loss)
+        stored = resumed["config"]
+        disc = from_stored(DiscriminatorConfig, stored["disc"]) if "disc" in stored else DiscriminatorConfig()
+        was_sd, learned = "logvar" in resumed["model"], bool(stored["loss"].get("learned_variance"))
+        if was_sd != (run.loss.stable_diffusion or disc.adversarial) or learned != run.loss.learned_variance:
+            raise ConfigError("resume", f"the checkpoint was trained with {'Stable Diffusion' if was_sd else 'the ELBO'}'s "
+                                        f"loss{' and a learned variance' if learned else ''}; resume with the loss flags "
+                                        "it was started with (its config.json)")
+        run = VAERun(run.data, run.train, from_stored(VAEConfig, stored["vae"]), run.loss, disc)
     data_cfg, train_cfg, vae_cfg, loss_cfg = run.data, run.train, run.vae, run.loss
     torch.manual_seed(train_cfg.seed)
     splits, train_loader, val_loader = build_loaders(data_cfg, train_cfg, device, dist=dist)
@@ -85,6 +123,8 @@ def train_vae(run: VAERun) -> Trained:
         raise ConfigError("image_size", f"{data_cfg.image_size} is not divisible by the VAE's "
                                         f"downsampling factor {vae_cfg.downsampling} (2 ** number of --channel-mults)")
     vae = VAE(vae_cfg).to(device)
+    sd_loss = loss_cfg.stable_diffusion or run.disc.adversarial
+    model = AutoencoderTraining(vae, run.disc).to(device) if sd_loss else vae
     n_params = sum(p.numel() for p in vae.parameters())
     latent_shape = vae_cfg.latent_shape(data_cfg.image_size)
     if dist.is_main:
@@ -95,15 +135,12 @@ def train_vae(run: VAERun) -> Trained:
     run_config["kind"] = "vae"
     fixed = val_loader.spread(8)[0]
 
-    def loss_fn(model, images, labels, generator=None, step=None):
-        return vae_loss(model, images, loss_cfg, generator=generator, step=step)
-
-    trainer = Trainer(vae, loss_fn, train_loader, val_loader, train_cfg, run_config=run_config,
+    trainer = Trainer(model, updates(model, run, device), train_loader, val_loader, train_cfg, run_config=run_config,
                       device=device, epoch_hook=lambda t: log_images(t, fixed, latent_shape), dist=dist)
     trainer.fit(resume_state=resumed)
     report(trainer)
     if train_cfg.visualize and dist.is_main:
-        vae_figures(trainer.eval_model, trainer.history, val_loader.spread(256)[0], train_cfg.save_dir)
+        vae_figures(autoencoder_of(trainer.eval_model), trainer.history, val_loader.spread(256)[0], train_cfg.save_dir)
     return Trained(trainer)
 
 
