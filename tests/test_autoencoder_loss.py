@@ -94,6 +94,11 @@ def test_watson_distance_is_per_image_finite_in_its_gradient_and_grows_with_the_
     x_hat = (x + 0.1 * noise).requires_grad_(True)
     watson(x_hat, x).sum().backward()
     assert torch.isfinite(x_hat.grad).all() and x_hat.grad.abs().sum() > 0
+    flat = x.clone()
+    flat[..., :8, :8] = 0.3                          # a flat block: its AC coefficients are exactly 0
+    x_hat = (flat + 0.1 * noise).requires_grad_(True)
+    watson(x_hat, flat).sum().backward()
+    assert torch.isfinite(x_hat.grad).all()
     with pytest.raises(ValueError, match="divisible by 8"):
         watson(torch.zeros(1, 3, 12, 12), torch.zeros(1, 3, 12, 12))
 

@@ -14,6 +14,9 @@ Modules (imports point down):
     layers      blocks shared by the VAE and the U-Net
     likelihood  Gaussian KL and the discretized Gaussian likelihood (bits/dim)
     vae         VAEConfig, DiagonalGaussian, VAE, vae_loss
+    perceptual  Watson's perceptual distance in DFT space (no download)
+    discriminator the PatchGAN of SD's autoencoder loss, sized for 32x32
+    autoencoder_loss SD's autoencoder loss: NLL form, KL 1e-6, adaptive adversarial weight
     transformer attention and transformer blocks (self- and cross-attention, masks)
     unet        UNetConfig, UNet (class- or text-conditioned)
     text        tokenizer, text encoder, the text-conditioned U-Net

@@ -27,6 +27,7 @@ from torch import nn
 
 BLOCK = 8
 EPS = 1e-10
+PHASE_EPS = 1e-12     # atan2's gradient at (0, PHASE_EPS) stays finite in float32 (PHASE_EPS^2 is a normal float)
 # rows of ITU-R BT.601 RGB -> YCbCr (the offsets do not change a difference and are left out)
 YCBCR = ((0.299, 0.587, 0.114), (-0.1687, -0.3313, 0.5), (0.5, -0.4187, -0.0813))
 
@@ -69,8 +70,9 @@ class WatsonDFT(nn.Module):
         t_l = self.t[None, :, None] * ((dc + EPS) / (dc.mean(-1, keepdim=True) + EPS)).pow(self.alpha)[..., None, None]
         s = smoothmax(t_l, amp.pow(self.w) * t_l.pow(1 - self.w))
         d_amp = ((amp_hat - amp) / s).abs().add(EPS).pow(self.beta).sum((2, 3, 4)).pow(1 / self.beta)
-        # the angle between the two coefficients, in [0, pi]: 0 where both are zero (no phase)
+        # the angle between the two coefficients, in [0, pi]: 0 where either is zero (no phase;
+        # a flat 8x8 block of the target, as JPEG makes them, has every AC coefficient exactly 0)
         prod = c_hat * c.conj()
-        angle = torch.atan2(prod.imag.abs(), prod.real + EPS**2)
+        angle = torch.atan2(prod.imag.abs(), prod.real + PHASE_EPS)
         d_phase = (angle * self.w_phase[None, :, None]).sum((2, 3, 4))
         return (d_amp + d_phase).mean(1) / (x.shape[-2] * x.shape[-1])
