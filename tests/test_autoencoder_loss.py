@@ -161,3 +161,30 @@ def test_resuming_with_another_loss_is_refused_naming_the_flag(tmp_path):
     train_vae(plain)
     with pytest.raises(ConfigError, match="the ELBO's loss"):
         train_vae(dataclasses.replace(sd_run(tmp_path / "elbo", 2, resume="last"), disc=plain.disc))
+
+
+def test_decoder_only_fine_tuning_keeps_the_encoder_and_so_every_latent(tmp_path):
+    import dataclasses
+
+    from sdlab.recipes import train_vae
+    from sdlab.recipes.vae import FinetuneConfig
+    from sdlab.trained import load_vae
+    from sdlab.vae import VAEConfig, VAELossConfig
+
+    base = sd_run(tmp_path / "l2", 1)
+    train_vae(dataclasses.replace(base, loss=VAELossConfig(), disc=dataclasses.replace(base.disc, disc_start=-1)))
+    source, _ = load_vae(str(tmp_path / "l2" / "last.pt"), torch.device("cpu"))
+    tuned_run = dataclasses.replace(sd_run(tmp_path / "ft", 1), vae=VAEConfig(base_channels=16),   # ignored: the source's
+                                    finetune=FinetuneConfig(str(tmp_path / "l2" / "last.pt")))
+    trainer = train_vae(tuned_run).trainer
+    assert [o.name for o in trainer.optimizers] == ["autoencoder", "disc"]
+    tuned, _ = load_vae(str(tmp_path / "ft" / "last.pt"), torch.device("cpu"))
+    assert tuned.cfg == source.cfg
+    for name, value in source.state_dict().items():
+        same = torch.equal(value, tuned.state_dict()[name])
+        assert same == name.startswith(("encoder.", "quant_conv.")), name
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    torch.testing.assert_close(tuned.encode(x).mean, source.encode(x).mean, rtol=0, atol=0)
+    with pytest.raises(Exception, match="--finetune-decoder"):
+        train_vae(dataclasses.replace(tuned_run, train=dataclasses.replace(tuned_run.train, save_dir=str(tmp_path / "x")),
+                                      finetune=FinetuneConfig(str(tmp_path / "missing.pt"))))

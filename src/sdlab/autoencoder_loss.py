@@ -75,15 +75,23 @@ class AutoencoderTraining(nn.Module):
         self.disc = PatchGAN(vae.cfg.in_channels, disc.disc_channels, disc.disc_layers) if disc.adversarial else None
         self.logvar = nn.Parameter(torch.zeros(()))
 
-    def autoencoder(self, learned_variance: bool) -> nn.Module:
-        """The parameters the autoencoder's optimizer steps: the VAE, and s when it is learned."""
-        return _WithScale(self.vae, self.logvar) if learned_variance else self.vae
+    def autoencoder(self, learned_variance: bool, decoder_only: bool = False) -> nn.Module:
+        """The parameters the autoencoder's optimizer steps: the VAE (or only its decoder side,
+        `trained_part`), and s when it is learned."""
+        part = trained_part(self.vae, decoder_only)
+        return _WithScale(part, self.logvar) if learned_variance else part
+
+
+def trained_part(vae: VAE, decoder_only: bool) -> nn.Module:
+    """The VAE, or for decoder-only fine-tuning its post-quant conv and decoder (the encoder,
+    and so every latent, stays as it was: SD's ft-EMA / ft-MSE decoders were made so)."""
+    return nn.ModuleList([vae.post_quant_conv, vae.decoder]) if decoder_only else vae
 
 
 class _WithScale(nn.Module):
-    def __init__(self, vae: VAE, logvar: nn.Parameter):
+    def __init__(self, part: nn.Module, logvar: nn.Parameter):
         super().__init__()
-        self.vae, self.logvar = vae, logvar
+        self.part, self.logvar = part, logvar
 
 
 def autoencoder_loss(model: AutoencoderTraining, x: torch.Tensor, cfg: VAELossConfig, disc: DiscriminatorConfig,

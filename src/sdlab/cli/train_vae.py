@@ -11,7 +11,7 @@ import torch
 from ..data import DataConfig
 from ..discriminator import DiscriminatorConfig
 from ..recipes import VAERun, train_vae
-from ..recipes.vae import device_defaults
+from ..recipes.vae import FinetuneConfig, device_defaults
 from ..trainer import TrainConfig
 from ..vae import VAEConfig, VAELossConfig
 from .flags import add_config_flags, build_configs
@@ -36,6 +36,7 @@ def build_parser():
     add_config_flags(parser, VAEConfig, "VAE model", VAE_ALIASES)
     add_config_flags(parser, VAELossConfig, "VAE loss", VAE_ALIASES)
     add_config_flags(parser, DiscriminatorConfig, "PatchGAN discriminator (Stable Diffusion's adversarial term)")
+    add_config_flags(parser, FinetuneConfig, "decoder-only fine-tuning")
     return parser
 
 
@@ -44,7 +45,7 @@ def parse(argv=None) -> tuple[dict, torch.device]:
     parser = build_parser()
     args = parser.parse_args(argv)
     classes = {"data": DataConfig, "train": TrainConfig, "vae": VAEConfig, "loss": VAELossConfig,
-               "disc": DiscriminatorConfig}
+               "disc": DiscriminatorConfig, "finetune": FinetuneConfig}
     device = resolve_device(parser, build_configs(parser, args, classes)["train"])
     configs = build_configs(parser, args, classes, overrides=device_defaults(device))
     return configs, resolve_device(parser, configs["train"])

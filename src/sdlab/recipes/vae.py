@@ -9,19 +9,22 @@ Evaluation (what `sdlab-eval-vae` reports): `fit_sigma` and `evaluate_vae`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 import torch
 
-from ..autoencoder_loss import AutoencoderTraining, autoencoder_loss, discriminator_update
-from ..config import ConfigError, from_stored
+from ..autoencoder_loss import AutoencoderTraining, autoencoder_loss, discriminator_update, trained_part
+from ..config import ConfigError, from_stored, option
 from ..data import BatchLoader, DataConfig
 from ..discriminator import DiscriminatorConfig
 from ..likelihood import bits_per_dim, discretized_gaussian_log_likelihood
 from ..perceptual import WatsonDFT
 from ..figures import vae_figures
 from ..runtime import pick_device
+from ..errors import UserError
+from ..trained import autoencoder_weights, load_trained, load_weights
 from ..trainer import TrainConfig, Trainer, Update
 from ..vae import VAE, VAEConfig, VAELossConfig, psnr, vae_loss
 from ..visualize import grid
@@ -42,6 +45,12 @@ def device_defaults(device: torch.device) -> dict:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    finetune_decoder: str = option("", "start from this train_vae.py checkpoint and train only its decoder: the "
+                                       "encoder and so the latents stay fixed (latent models trained on it keep working)")
+
+
+@dataclass(frozen=True)
 class VAERun:
     """Everything a VAE run is made of; its fields are the sections of config.json."""
 
@@ -50,6 +59,7 @@ class VAERun:
     vae: VAEConfig = field(default_factory=VAEConfig)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
     disc: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     @classmethod
     def recommended(cls, **sections) -> "VAERun":
@@ -80,14 +90,15 @@ def updates(model: torch.nn.Module, run: VAERun, device: torch.device) -> list[U
     """The optimizers of a VAE run: one for the ELBO; with Stable Diffusion's loss the
     autoencoder's (`autoencoder_loss`) and, from --disc-start on, the discriminator's, stepped
     alternately on every batch."""
-    loss_cfg, disc = run.loss, run.disc
+    loss_cfg, disc, decoder_only = run.loss, run.disc, bool(run.finetune.finetune_decoder)
     if not isinstance(model, AutoencoderTraining):
         return [Update(lambda net, images, labels, generator=None, step=None:
-                       vae_loss(net, images, loss_cfg, generator=generator, step=step))]
+                       vae_loss(net, images, loss_cfg, generator=generator, step=step),
+                       trained_part(model, decoder_only))]
     perceptual = WatsonDFT().to(device) if loss_cfg.perceptual == "watson" else None
     found = [Update(lambda net, images, labels, generator=None, step=None:
                     autoencoder_loss(net, images, loss_cfg, disc, perceptual, generator=generator, step=step),
-                    model.autoencoder(loss_cfg.learned_variance), "autoencoder")]
+                    model.autoencoder(loss_cfg.learned_variance, decoder_only), "autoencoder")]
     if disc.adversarial:
         found.append(Update(lambda net, images, labels, generator=None, step=None:
                             discriminator_update(net, images, disc, generator=generator),
@@ -111,7 +122,14 @@ def train_vae(run: VAERun) -> Trained:
             raise ConfigError("resume", f"the checkpoint was trained with {'Stable Diffusion' if was_sd else 'the ELBO'}'s "
                                         f"loss{' and a learned variance' if learned else ''}; resume with the loss flags "
                                         "it was started with (its config.json)")
-        run = VAERun(run.data, run.train, from_stored(VAEConfig, stored["vae"]), run.loss, disc)
+        run = VAERun(run.data, run.train, from_stored(VAEConfig, stored["vae"]), run.loss, disc, run.finetune)
+    source = None
+    if run.finetune.finetune_decoder and resumed is None:
+        try:
+            source = load_trained(run.finetune.finetune_decoder, torch.device("cpu"), "vae")
+        except UserError as err:
+            raise UserError(f"--finetune-decoder: {err}") from None
+        run = dataclasses.replace(run, vae=from_stored(VAEConfig, source["config"]["vae"]))   # its architecture
     data_cfg, train_cfg, vae_cfg, loss_cfg = run.data, run.train, run.vae, run.loss
     torch.manual_seed(train_cfg.seed)
     splits, train_loader, val_loader = build_loaders(data_cfg, train_cfg, device, dist=dist)
@@ -122,7 +140,10 @@ def train_vae(run: VAERun) -> Trained:
     if data_cfg.image_size % vae_cfg.downsampling:
         raise ConfigError("image_size", f"{data_cfg.image_size} is not divisible by the VAE's "
                                         f"downsampling factor {vae_cfg.downsampling} (2 ** number of --channel-mults)")
-    vae = VAE(vae_cfg).to(device)
+    vae = VAE(vae_cfg)
+    if source is not None:
+        load_weights(vae, autoencoder_weights(source), run.finetune.finetune_decoder)
+    vae = vae.to(device)
     sd_loss = loss_cfg.stable_diffusion or run.disc.adversarial
     model = AutoencoderTraining(vae, run.disc).to(device) if sd_loss else vae
     n_params = sum(p.numel() for p in vae.parameters())
