@@ -60,11 +60,6 @@ class Unconditional:
         """The classes a user can ask for (none)."""
         return ()
 
-    @property
-    def guided(self) -> bool:
-        """Whether classifier-free guidance has a condition to push toward."""
-        return False
-
     def prepare(self, splits: Splits, seed: int = 0) -> tuple[Splits, "Unconditional"]:
         """The splits with their conditions in the labels slot, and the conditioning that knows
         the data (classes, vocabulary)."""
@@ -161,10 +156,6 @@ class ClassCondition(Unconditional):
     def classes(self) -> tuple[str, ...]:
         return self.class_names
 
-    @property
-    def guided(self) -> bool:
-        return True
-
     def configure(self, unet: UNetConfig) -> UNetConfig:
         return dataclasses.replace(unet, num_classes=len(self.classes))
 
@@ -219,10 +210,6 @@ class TextCondition(Unconditional):
                  class_names: tuple[str, ...] = ()):
         super().__init__(class_names)
         self.text, self.tokenizer, self.sample_prompts = text, tokenizer, tuple(sample_prompts)
-
-    @property
-    def guided(self) -> bool:
-        return True
 
     def prepare(self, splits, seed=0):
         """Captions (the dataset's, or templates over its class names, `captions.with_captions`)
@@ -317,11 +304,9 @@ class TextCondition(Unconditional):
         return f"prompts {template!r} over {len(self.class_names)} classes in turn"
 
 
-def for_run(guidance: GuidanceConfig, text: TextConfig, stored: dict | None = None) -> Unconditional:
-    """The conditioning a new run's configs ask for (before it has seen its data), or with
-    `stored` (a resumed checkpoint's run config) the one stored in it."""
-    if stored is not None:
-        return from_config(stored)
+def for_run(guidance: GuidanceConfig, text: TextConfig) -> Unconditional:
+    """The conditioning a new run's configs ask for, before it has seen its data (a resumed run
+    takes its checkpoint's, `record.DiffusionRecord.conditioning`)."""
     if text.text_cond and guidance.class_cond:
         raise ConfigError("text_cond", "choose --text-cond or --class-cond, not both")
     if text.text_cond:

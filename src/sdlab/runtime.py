@@ -4,7 +4,8 @@ autocast.
 A command picks its device once, at the entry point (`pick_device`). Precision has one
 vocabulary, PRECISIONS, for training and sampling alike: "auto" is `default_precision`, resolved
 here (`resolve_precision`) so that the command line and the Python API run the same on the same
-machine; the trainer, the samplers and the evaluation commands receive both. Why each choice is fast on which hardware is measured in BENCHMARKS.md.
+machine; the trainer, the samplers and the evaluation commands receive both. Why each choice is
+fast on which hardware is measured in BENCHMARKS.md.
 """
 
 from __future__ import annotations

@@ -61,6 +61,11 @@ class VAERun:
     disc: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
+    @property
+    def stable_diffusion(self) -> bool:
+        """Whether the run trains with Stable Diffusion's loss (`autoencoder_loss`), not the ELBO."""
+        return self.loss.stable_diffusion or self.disc.adversarial
+
     @classmethod
     def recommended(cls, **sections) -> "VAERun":
         """What `train_vae.py` runs with no flags on the device of sections["train"] (default
@@ -117,11 +122,12 @@ def train_vae(run: VAERun) -> Trained:
     if resumed is not None:
         stored = resumed["config"]
         disc = from_stored(DiscriminatorConfig, stored["disc"]) if "disc" in stored else DiscriminatorConfig()
-        was_sd, learned = "logvar" in resumed["model"], bool(stored["loss"].get("learned_variance"))
-        if was_sd != (run.loss.stable_diffusion or disc.adversarial) or learned != run.loss.learned_variance:
-            raise ConfigError("resume", f"the checkpoint was trained with {'Stable Diffusion' if was_sd else 'the ELBO'}'s "
-                                        f"loss{' and a learned variance' if learned else ''}; resume with the loss flags "
-                                        "it was started with (its config.json)")
+        was = VAERun(loss=from_stored(VAELossConfig, stored["loss"]), disc=disc)
+        now = VAERun(loss=run.loss, disc=disc)     # the discriminator comes back with the checkpoint
+        if (was.stable_diffusion, was.loss.learned_variance) != (now.stable_diffusion, now.loss.learned_variance):
+            raise ConfigError("resume", f"the checkpoint was trained with {'Stable Diffusion' if was.stable_diffusion else 'the ELBO'}'s "
+                                        f"loss{' and a learned variance' if was.loss.learned_variance else ''}; resume with "
+                                        "the loss flags it was started with (its config.json)")
         run = VAERun(run.data, run.train, from_stored(VAEConfig, stored["vae"]), run.loss, disc, run.finetune)
     source = None
     if run.finetune.finetune_decoder and resumed is None:
@@ -130,7 +136,7 @@ def train_vae(run: VAERun) -> Trained:
         except UserError as err:
             raise UserError(f"--finetune-decoder: {err}") from None
         run = dataclasses.replace(run, vae=from_stored(VAEConfig, source["config"]["vae"]))   # its architecture
-    data_cfg, train_cfg, vae_cfg, loss_cfg = run.data, run.train, run.vae, run.loss
+    data_cfg, train_cfg, vae_cfg = run.data, run.train, run.vae
     torch.manual_seed(train_cfg.seed)
     splits, train_loader, val_loader = build_loaders(data_cfg, train_cfg, device, dist=dist)
     if splits.train.channels != vae_cfg.in_channels:
@@ -144,8 +150,7 @@ def train_vae(run: VAERun) -> Trained:
     if source is not None:
         load_weights(vae, autoencoder_weights(source), run.finetune.finetune_decoder)
     vae = vae.to(device)
-    sd_loss = loss_cfg.stable_diffusion or run.disc.adversarial
-    model = AutoencoderTraining(vae, run.disc).to(device) if sd_loss else vae
+    model = AutoencoderTraining(vae, run.disc).to(device) if run.stable_diffusion else vae
     n_params = sum(p.numel() for p in vae.parameters())
     latent_shape = vae_cfg.latent_shape(data_cfg.image_size)
     if dist.is_main:

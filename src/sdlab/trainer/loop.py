@@ -8,6 +8,7 @@ train.log, TensorBoard, history.json) and `checkpoints` (the run folder, files, 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import time
@@ -27,7 +28,7 @@ from ..ema import EMA
 from ..errors import first_line
 from ..outputs import unlock_dir
 from ..randomness import NoiseSource
-from ..runtime import autocast, memory_format
+from ..runtime import autocast, memory_format, resolve_precision
 from .checkpoints import dropout_seed, prepare_run_dir, restore_rng, rng_state, write_checkpoints
 from .config import TrainConfig
 from .runlog import Means, RunLog
@@ -68,6 +69,7 @@ class Trainer:
         self.model, self.train_loader, self.val_loader = model, train, val
         self.memory_format = memory_format(device, train.images.shape[-1])
         model.to(memory_format=self.memory_format)
+        cfg = dataclasses.replace(cfg, precision=resolve_precision(device, cfg.precision))   # once, not per step
         self.cfg, self.run_config, self.device, self.epoch_hook = cfg, run_config, device, epoch_hook
         self.frozen, self.dist, self.epoch_metrics = frozen or {}, dist, epoch_metrics
         if cfg.select_by.startswith("eval/") and epoch_metrics is None:
