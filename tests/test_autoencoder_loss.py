@@ -1,5 +1,6 @@
 """Stable Diffusion's autoencoder loss: its terms against closed forms."""
 
+import json
 import math
 
 import pytest
@@ -188,3 +189,133 @@ def test_decoder_only_fine_tuning_keeps_the_encoder_and_so_every_latent(tmp_path
     with pytest.raises(Exception, match="--finetune-decoder"):
         train_vae(dataclasses.replace(tuned_run, train=dataclasses.replace(tuned_run.train, save_dir=str(tmp_path / "x")),
                                       finetune=FinetuneConfig(str(tmp_path / "missing.pt"))))
+
+
+# ---------------------------------------------------------------- perceptual distances in trained networks
+
+
+def tiny_classifier(seed=0, widths=(8, 16)):
+    from sdlab.classifier import Classifier, ClassifierConfig
+
+    torch.manual_seed(seed)
+    model = Classifier(ClassifierConfig(widths=widths))
+    model.stem.fit(torch.rand(32, 3, 16, 16) * 2 - 1)
+    return model.eval()
+
+
+def test_the_classifier_stages_are_its_body_and_the_feature_distance_is_one_minus_cosine_per_location():
+    import torch.nn.functional as F
+
+    from sdlab.perceptual import FeatureDistance
+
+    net = tiny_classifier()
+    x, x_hat = torch.rand(3, 3, 16, 16) * 2 - 1, torch.rand(3, 3, 16, 16) * 2 - 1
+    stages = net.stage_outputs(x)
+    assert [s.shape[1:] for s in stages] == [(8, 7, 7), (16, 3, 3)]
+    torch.testing.assert_close(stages[-1].amax((2, 3)), net.features(x), rtol=0, atol=0)
+    distance = FeatureDistance(net)
+    got = distance(x_hat, x)
+    # ||u - v||^2 of unit vectors is 2 - 2 cos: the closed form, per location, averaged over the stages
+    cosines = [F.cosine_similarity(a, b, dim=1, eps=1e-12) for a, b in zip(net.stage_outputs(x_hat), stages)]
+    expected = sum((2 - 2 * c).mean((1, 2)) for c in cosines) / len(cosines)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    assert torch.equal(distance(x, x), torch.zeros(3))
+    assert (got > 0).all() and (got <= 4).all()
+    x_hat.requires_grad_(True)
+    distance(x_hat, x).sum().backward()
+    assert torch.isfinite(x_hat.grad).all() and x_hat.grad.abs().sum() > 0
+    assert all(p.grad is None for p in net.parameters())            # the loss network stays as it is
+
+
+def test_a_vae_trained_against_a_classifier_is_never_scored_by_it(tmp_path):
+    import dataclasses
+
+    from sdlab.checkpoint import load_checkpoint, state_digest
+    from sdlab.cli import eval_vae, train_classifier
+    from sdlab.recipes import train_vae
+    from sdlab.vae import VAELossConfig
+
+    data = ["--dataset", "synthetic", "--synthetic-size", "40", "--image-size", "16", "--batch", "20",
+            "--device", "cpu", "--epochs", "1", "--widths", "8,16"]
+    train_classifier.main([*data, "--save-dir", str(tmp_path / "loss_net")])
+    train_classifier.main([*data, "--seed", "1", "--save-dir", str(tmp_path / "scorer")])
+    base = sd_run(tmp_path / "vae", 1)
+    run = dataclasses.replace(base, loss=VAELossConfig(recon_loss="l1", kl_weight=1e-6, perceptual="classifier",
+                                                       perceptual_net=str(tmp_path / "loss_net" / "best.pt")))
+    trainer = train_vae(run).trainer
+    assert "train/perceptual" in trainer.history[-1]
+    stored = load_checkpoint(tmp_path / "vae" / "last.pt")["config"]["perceptual_net_sha256"]
+    assert stored == state_digest(load_checkpoint(tmp_path / "loss_net" / "best.pt")["ema"] or
+                                  load_checkpoint(tmp_path / "loss_net" / "best.pt")["model"])
+    ckpt = str(tmp_path / "vae" / "last.pt")
+    with pytest.raises(SystemExit):
+        eval_vae.main([ckpt, "--classifier", str(tmp_path / "loss_net" / "best.pt"), "--out", str(tmp_path / "e.json")])
+    eval_vae.main([ckpt, "--classifier", str(tmp_path / "scorer" / "best.pt"), "--num-images", "20",
+                   "--out", str(tmp_path / "e.json")])
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["metric"] == "FD-classifier" and 0 <= result["accuracy"] <= 1 and result["fd"] > 0
+    assert -1 <= result["ssim"] <= 1 and result["high_freq_ratio"] > 0
+    # resuming against another loss network is refused, naming the flag
+    from sdlab.config import ConfigError
+    other = dataclasses.replace(run, train=dataclasses.replace(run.train, epochs=2, resume="last"),
+                                loss=dataclasses.replace(run.loss, perceptual_net=str(tmp_path / "scorer" / "best.pt")))
+    with pytest.raises(ConfigError, match="other weights than the network"):
+        train_vae(other)
+
+
+def test_the_classifier_distance_needs_its_network_and_lpips_names_what_is_missing(tmp_path, monkeypatch):
+    from sdlab.config import ConfigError
+    from sdlab.errors import UserError
+    from sdlab.perceptual import lpips_distance
+    from sdlab.vae import VAELossConfig
+
+    with pytest.raises(ConfigError, match="needs the checkpoint of a classifier"):
+        VAELossConfig(perceptual="classifier")
+    with pytest.raises(ConfigError, match="only read by --perceptual classifier or lpips"):
+        VAELossConfig(perceptual="watson", perceptual_net="x.pt")
+    monkeypatch.setitem(__import__("sys").modules, "lpips", None)        # as if not installed
+    with pytest.raises(UserError, match="needs the lpips package: pip install lpips"):
+        lpips_distance()
+
+
+def test_lpips_reads_torchvision_vgg16_weights_from_a_local_file(tmp_path):
+    pytest.importorskip("lpips")
+    import torchvision
+
+    from sdlab.errors import UserError
+    from sdlab.perceptual import lpips_distance
+
+    with pytest.raises(UserError, match=r"not at .*missing\.pth; copy torchvision's vgg16-397923af\.pth"):
+        lpips_distance(str(tmp_path / "missing.pth"))
+    features = torchvision.models.vgg16().features.state_dict()     # random weights in torchvision's layout
+    torch.save({f"features.{k}": v for k, v in features.items()}, tmp_path / "vgg16.pth")
+    distance = lpips_distance(str(tmp_path / "vgg16.pth"))
+    for key, value in distance.net.net.state_dict().items():
+        assert torch.equal(value, features[key.split(".", 1)[1]]), key
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert distance(x, x).shape == (2,) and torch.allclose(distance(x, x), torch.zeros(2))
+    torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(UserError, match="not torchvision's VGG16 weights"):
+        lpips_distance(str(tmp_path / "other.pth"))
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def test_the_power_spectrum_of_a_cosine_has_all_its_power_in_its_ring():
+    from sdlab.quality import high_frequency_ratio, radial_power_spectrum
+
+    side, k = 16, 5
+    wave = torch.cos(2 * math.pi * k * torch.arange(side) / side).expand(side, side)
+    spectrum = radial_power_spectrum(wave.expand(2, 3, side, side))       # summed over the 2 images
+    ring = (torch.fft.fftfreq(side) * side).pow(2)
+    ring_k = ((ring[:, None] + ring[None, :]).sqrt().round() == k).sum()
+    # two DFT peaks of magnitude S^2/2 at (0, +-k): power (S^2/2)^2 / S^2 each, averaged over ring k's entries
+    expected = torch.zeros(side // 2 + 1)
+    expected[k] = 2 * 2 * (side**2 / 4) / ring_k
+    torch.testing.assert_close(spectrum, expected, rtol=1e-5, atol=1e-4)
+    images = torch.rand(4, 3, side, side) * 2 - 1
+    blurred = torch.nn.functional.avg_pool2d(images, 3, 1, 1, count_include_pad=False)
+    real = radial_power_spectrum(images)
+    assert high_frequency_ratio(real, real) == 1.0
+    assert high_frequency_ratio(radial_power_spectrum(blurred), real) < 0.5

@@ -119,6 +119,16 @@ class Classifier(nn.Module):
         """Global max pool of the last stage, (B, widths[-1])."""
         return self.body(x).amax(dim=(2, 3))
 
+    def stage_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The feature map at the end of each stage (after its last GELU), one per width:
+        (B, widths[i], H_i, W_i), each half the size of the one before."""
+        outs, per_stage = [], 7                      # conv, pool, norm, GELU, conv, norm, GELU
+        x = self.body[1](self.body[0](x))            # the whitening stem and its GELU
+        for start in range(2, len(self.body), per_stage):
+            x = self.body[start:start + per_stage](x)
+            outs.append(x)
+        return outs
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 

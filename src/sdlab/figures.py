@@ -5,13 +5,14 @@ Functions take the trained model and a batch of images in [-1, 1]; they never tr
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import torch
 
 from .diffusion import NoiseSchedule, SamplerConfig, Trajectory, diffusion_loss, sample
 from .diffusion.guidance import guided
-from .visualize import plot_bars, plot_history, save_figure, save_grid, save_labelled_rows
+from .visualize import plot_bars, plot_history, plot_lines, save_figure, save_grid, save_labelled_rows
 
 
 @torch.no_grad()
@@ -70,6 +71,30 @@ def vae_figures(vae, history: list[dict], images: torch.Tensor, out: str | Path)
              "kl_per_channel.png"]
     print(f"figures written to {out}: {' '.join(names)}")
     return names
+
+
+@torch.no_grad()
+def autoencoder_comparison(images: torch.Tensor, autoencoders: dict, path: str | Path, command: str) -> Path:
+    """Originals (top row) above each autoencoder's reconstructions (posterior mean) of them;
+    right of each row the images' central quarter enlarged 2x, where blur shows first."""
+    def with_crops(x: torch.Tensor) -> torch.Tensor:
+        side = x.shape[-1]
+        centre = x[..., side // 4: side - side // 4, side // 4: side - side // 4]
+        return torch.cat([x, centre.repeat_interleave(2, -1).repeat_interleave(2, -2)]).cpu()
+
+    rows = [with_crops(images)] + [with_crops(vae.decode(vae.encode(images).mode()).float().clamp(-1, 1))
+                                   for vae in autoencoders.values()]
+    return save_labelled_rows(rows, ["original", *autoencoders], path,
+                              title=f"reconstructions (left) and their centres enlarged 2x (right)\n{textwrap.fill(command, 110)}")
+
+
+def reconstruction_spectra(real: list[float], spectra: dict[str, list[float]], path: str | Path,
+                           command: str) -> Path:
+    """Radially averaged power spectra (`quality.radial_power_spectrum`) of the test images and
+    of each autoencoder's reconstructions: blur is the high frequencies' missing power."""
+    series = {"test images": real[1:], **{name: values[1:] for name, values in spectra.items()}}
+    return plot_lines(list(range(1, len(real))), series, path, "radial frequency (cycles per image)",
+                      title=f"power spectrum of reconstructions\n{textwrap.fill(command, 70)}", ylabel="mean power", log_y=True)
 
 
 # ---------------------------------------------------------------- diffusion

@@ -45,6 +45,28 @@ class GivenFeatures(nn.Module):
         return features
 
 
+def radial_power_spectrum(images: torch.Tensor) -> torch.Tensor:
+    """Sum over images (N, C, S, S) of the channel-mean power |F[x - mean x](u, v)|^2 / S^2,
+    averaged over each ring of integer radial frequency r = round(sqrt(u^2 + v^2)), r = 0 .. S/2:
+    a (S/2 + 1,) tensor (divide by N for the mean). Natural images fall off roughly as 1/r^2;
+    a blurry reconstruction falls below its originals at high r."""
+    size = images.shape[-1]
+    x = images.float() - images.float().mean((-2, -1), keepdim=True)
+    power = torch.fft.fft2(x).abs().pow(2).mean(1).sum(0) / size**2               # (S, S)
+    f = torch.fft.fftfreq(size, device=x.device) * size
+    ring = (f[:, None] ** 2 + f[None, :] ** 2).sqrt().round().long().flatten()
+    keep = ring <= size // 2
+    sums = torch.bincount(ring[keep], power.flatten()[keep], minlength=size // 2 + 1)
+    return (sums / torch.bincount(ring[keep], minlength=size // 2 + 1)).cpu()
+
+
+def high_frequency_ratio(spectrum: torch.Tensor, reference: torch.Tensor) -> float:
+    """Power of `spectrum` over the upper half of radial frequencies (r > S/4) relative to
+    `reference`'s there: 1 keeps the originals' fine detail, below 1 is blur, above 1 is noise."""
+    upper = slice(len(spectrum) // 2 + 1, None)
+    return (spectrum[upper].sum() / reference[upper].sum()).item()
+
+
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to feature sets real (N, d) and fake (M, d)."""
     from torchmetrics.image.fid import FrechetInceptionDistance

@@ -27,7 +27,7 @@ from .randomness import NoiseSource
 
 RECON_LOSSES = ("mse", "l1")
 REDUCTIONS = ("sum", "mean")
-PERCEPTUAL = ("none", "watson")
+PERCEPTUAL = ("none", "watson", "classifier", "lpips")
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,12 @@ class VAELossConfig:
     recon_loss: str = option("mse", "reconstruction term: mse (Gaussian) or l1 (Laplace)", choices=RECON_LOSSES)
     reduction: str = option("sum", "sum: per-image sums over pixels and latent dims; mean: both divided by pixel count",
                             choices=REDUCTIONS)
-    perceptual: str = option("none", "perceptual term added to each pixel's reconstruction cost: none, or watson "
-                                     "(Watson's model in DFT space, no download; `perceptual`)", choices=PERCEPTUAL)
+    perceptual: str = option("none", "perceptual term added to each pixel's reconstruction cost (`perceptual`): none; "
+                                     "watson (Watson's model in DFT space, no download); classifier (LPIPS's form in "
+                                     "the features of --perceptual-net, a classifier trained here); lpips (LPIPS-VGG, "
+                                     "needs the lpips package and VGG16's weights)", choices=PERCEPTUAL)
+    perceptual_net: str = option("", "classifier: its sdlab-train-classifier checkpoint (not the one that will score "
+                                     "the VAE); lpips: torchvision's vgg16-397923af.pth (default: torch's hub cache)")
     perceptual_weight: float = option(1.0, "weight of the perceptual term (LDM: 1)")
     learned_variance: bool = option(False, "divide the reconstruction cost by a learned scalar exp(s) and add s per "
                                            "pixel (LDM's NLL form, `autoencoder_loss`)")
@@ -77,6 +81,11 @@ class VAELossConfig:
         require_choice(self.reduction, REDUCTIONS, "reduction")
         require_choice(self.perceptual, PERCEPTUAL, "perceptual")
         require(self.perceptual_weight >= 0, "perceptual_weight", f"must be >= 0 (got {self.perceptual_weight})")
+        require(self.perceptual != "classifier" or bool(self.perceptual_net), "perceptual_net",
+                "--perceptual classifier needs the checkpoint of a classifier to measure in (sdlab-train-classifier; "
+                "another seed or width than the one that scores the VAE)")
+        require(self.perceptual in ("classifier", "lpips") or not self.perceptual_net, "perceptual_net",
+                f"is only read by --perceptual classifier or lpips (got --perceptual {self.perceptual})")
 
     @property
     def stable_diffusion(self) -> bool:

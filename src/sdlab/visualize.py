@@ -116,7 +116,7 @@ def plot_bar_panels(panels: Sequence[tuple[Sequence[str], Sequence[float], str, 
 
 def plot_lines(x: Sequence[float], series: dict[str, Sequence[float]], path: str | Path, xlabel: str,
                title: str = "", right: dict[str, Sequence[float]] | None = None, log_x: bool = False,
-               ylabel: str = "") -> Path:
+               ylabel: str = "", log_y: bool = False) -> Path:
     """Curves sharing one x axis: `series` on the left y axis, `right` (e.g. an accuracy in
     [0, 1]) on a second axis; each axis is labelled with its series' names. A series given as
     a tuple (xs, ys) has x values of its own (e.g. a metric against NFE for several samplers)."""
@@ -128,6 +128,8 @@ def plot_lines(x: Sequence[float], series: dict[str, Sequence[float]], path: str
     ax.set_ylabel(ylabel or ", ".join(series))
     if log_x:
         ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     if right:

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 import torch
 
 from ..autoencoder_loss import AutoencoderTraining, autoencoder_loss, discriminator_update, trained_part
+from ..checkpoint import state_digest
 from ..config import ConfigError, from_stored, option
-from ..data import BatchLoader, DataConfig
+from ..data import BatchLoader, DataConfig, to_uint8
 from ..discriminator import DiscriminatorConfig
 from ..likelihood import bits_per_dim, discretized_gaussian_log_likelihood
-from ..perceptual import WatsonDFT
+from ..perceptual import FeatureDistance, WatsonDFT, lpips_distance
+from ..quality import high_frequency_ratio, radial_power_spectrum
 from ..figures import vae_figures
 from ..runtime import pick_device
 from ..errors import UserError
@@ -28,6 +30,7 @@ from ..trained import autoencoder_weights, load_trained, load_weights
 from ..trainer import TrainConfig, Trainer, Update
 from ..vae import VAE, VAEConfig, VAELossConfig, psnr, vae_loss
 from ..visualize import grid
+from .classifier import load_classifier
 from .run import Trained, build_loaders, prepare_run, report, save_run_config, start_run, with_defaults
 
 
@@ -91,16 +94,44 @@ def autoencoder_of(model: torch.nn.Module) -> VAE:
     return model.vae if isinstance(model, AutoencoderTraining) else model
 
 
-def updates(model: torch.nn.Module, run: VAERun, device: torch.device) -> list[Update]:
-    """The optimizers of a VAE run: one for the ELBO; with Stable Diffusion's loss the
-    autoencoder's (`autoencoder_loss`) and, from --disc-start on, the discriminator's, stepped
-    alternately on every batch."""
+def perceptual_distance(loss_cfg: VAELossConfig, device: torch.device) -> torch.nn.Module | None:
+    """The perceptual distance of --perceptual (`perceptual`), on `device`; None for none."""
+    if loss_cfg.perceptual == "watson":
+        return WatsonDFT().to(device)
+    if loss_cfg.perceptual == "classifier":
+        try:
+            return FeatureDistance(load_classifier(loss_cfg.perceptual_net, device)[0])
+        except UserError as err:
+            raise UserError(f"--perceptual-net: {err}") from None
+    if loss_cfg.perceptual == "lpips":
+        return lpips_distance(loss_cfg.perceptual_net).to(device)
+    return None
+
+
+def loss_network_digest(perceptual: torch.nn.Module | None) -> str | None:
+    """SHA-256 of the trained network inside a perceptual distance (a classifier's or LPIPS's
+    weights), None for none or Watson's: stored with the run, so that no one scores the VAE with
+    the network it was trained against (`check_scorer`) or resumes it against another."""
+    net = getattr(perceptual, "net", None)          # FeatureDistance's and LPIPSDistance's
+    return None if net is None else state_digest(net.state_dict())
+
+
+def check_scorer(vae_state: dict, classifier: torch.nn.Module, flag: str = "--classifier") -> None:
+    """Refuse to score the VAE of checkpoint `vae_state` with the classifier its perceptual loss measured in."""
+    if vae_state["config"].get("perceptual_net_sha256") == state_digest(classifier.state_dict()):
+        raise UserError(f"{flag}: this VAE was trained against that classifier (its --perceptual-net); "
+                        "score it with another one (another seed or width)")
+
+
+def updates(model: torch.nn.Module, run: VAERun, perceptual: torch.nn.Module | None) -> list[Update]:
+    """The optimizers of a VAE run: one for the ELBO; with Stable Diffusion's loss (and the
+    distance `perceptual_distance` built) the autoencoder's (`autoencoder_loss`) and, from
+    --disc-start on, the discriminator's, stepped alternately on every batch."""
     loss_cfg, disc, decoder_only = run.loss, run.disc, bool(run.finetune.finetune_decoder)
     if not isinstance(model, AutoencoderTraining):
         return [Update(lambda net, images, labels, generator=None, step=None:
                        vae_loss(net, images, loss_cfg, generator=generator, step=step),
                        trained_part(model, decoder_only))]
-    perceptual = WatsonDFT().to(device) if loss_cfg.perceptual == "watson" else None
     found = [Update(lambda net, images, labels, generator=None, step=None:
                     autoencoder_loss(net, images, loss_cfg, disc, perceptual, generator=generator, step=step),
                     model.autoencoder(loss_cfg.learned_variance, decoder_only), "autoencoder")]
@@ -157,11 +188,16 @@ def train_vae(run: VAERun) -> Trained:
         print(f"VAE: {n_params / 1e6:.2f}M parameters, latent {'x'.join(map(str, latent_shape))}, "
               f"{len(splits.train)} train / {len(splits.test)} val images, device {device}, "
               f"precision {train_cfg.precision}")
+    perceptual = perceptual_distance(run.loss, device) if run.stable_diffusion else None
+    loss_net = loss_network_digest(perceptual)
+    if resumed is not None and resumed["config"].get("perceptual_net_sha256", loss_net) != loss_net:
+        raise ConfigError("perceptual_net", "holds other weights than the network this checkpoint was trained "
+                                            "against; resume with the file it was started with (its config.json)")
     run_config = save_run_config(vars(run), train_cfg.save_dir, dist)
-    run_config["kind"] = "vae"
+    run_config.update(kind="vae", perceptual_net_sha256=loss_net)
     fixed = val_loader.spread(8)[0]
 
-    trainer = Trainer(model, updates(model, run, device), train_loader, val_loader, train_cfg, run_config=run_config,
+    trainer = Trainer(model, updates(model, run, perceptual), train_loader, val_loader, train_cfg, run_config=run_config,
                       device=device, epoch_hook=lambda t: log_images(t, fixed, latent_shape), dist=dist)
     trainer.fit(resume_state=resumed)
     report(trainer)
@@ -185,26 +221,38 @@ def fit_sigma(vae: VAE, loader: BatchLoader, limit: int, generator: torch.Genera
 
 @torch.no_grad()
 def evaluate_vae(vae: VAE, test: BatchLoader, sigma: float, generator: torch.Generator,
-                 limit: int | None = None) -> dict:
-    sums = {"mse": 0.0, "psnr": 0.0, "kl_bits": 0.0, "nelbo_bpd": 0.0}
+                 limit: int | None = None, reconstructions: list | None = None) -> dict:
+    """The test metrics of `sdlab-eval-vae` (its docstring) over `test` (the first `limit`
+    images, rounded up to a batch). `reconstructions`: a list that receives the uint8 decoded
+    posterior means, batch by batch (to score them as samples)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+    sums = {"mse": 0.0, "psnr": 0.0, "ssim": 0.0, "kl_bits": 0.0, "nelbo_bpd": 0.0}
+    spectra = {"real": 0.0, "recon": 0.0}
     means, n = [], 0
     for x, _ in test.epoch(0):
         q = vae.encode(x)
-        x_mode = vae.decode(q.mode())
+        x_mode = vae.decode(q.mode()).float()
         x_hat = vae.decode(q.sample(generator))
         log_scale = torch.full_like(x_hat, math.log(sigma))
         nll = -discretized_gaussian_log_likelihood(x, x_hat, log_scale).flatten(1).sum(1)
         kl = q.kl()
         sums["mse"] += (x_mode - x).pow(2).flatten(1).mean(1).sum().item()
         sums["psnr"] += psnr(x_mode, x).sum().item()
+        sums["ssim"] += structural_similarity_index_measure(x_mode, x, data_range=(-1.0, 1.0), reduction="sum").item()
         sums["kl_bits"] += (kl / math.log(2)).sum().item()
         sums["nelbo_bpd"] += bits_per_dim(nll + kl, x[0].numel()).sum().item()
+        spectra["real"] += radial_power_spectrum(x)
+        spectra["recon"] += radial_power_spectrum(x_mode.clamp(-1, 1))
         means.append(q.mean.float().cpu())
+        if reconstructions is not None:
+            reconstructions.append(to_uint8(x_mode).cpu())
         n += x.shape[0]
         if limit and n >= limit:
             break
     latents = torch.cat(means)
     result = {k: v / n for k, v in sums.items()}
-    result.update(images=n, sigma=sigma, latent_mean=latents.mean().item(),
-                  latent_std=latents.std().item(), scale_factor=1.0 / latents.std().item())
+    result.update(images=n, sigma=sigma, latent_mean=latents.mean().item(), latent_std=latents.std().item(),
+                  scale_factor=1.0 / latents.std().item(),
+                  high_freq_ratio=high_frequency_ratio(spectra["recon"], spectra["real"]),
+                  spectrum_real=(spectra["real"] / n).tolist(), spectrum_recon=(spectra["recon"] / n).tolist())
     return result
