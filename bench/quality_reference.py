@@ -24,6 +24,7 @@ from sdlab.data import DataConfig, ImageSet, load_splits, to_uint8, to_unit_rang
 from sdlab.latent import decode_latents, encode_images
 from sdlab.trained import load_vae
 from sdlab.recipes.quality import QualityConfig, Scorer
+from sdlab.recipes.vae import check_scorer
 
 
 def blurred(images: torch.Tensor) -> torch.Tensor:
@@ -38,8 +39,9 @@ def shuffled(images: torch.Tensor) -> torch.Tensor:
     return images.flatten(2)[:, :, order].reshape(b, c, h, w)
 
 
-def reconstructed(images: torch.Tensor, vae_path: str) -> torch.Tensor:
-    vae = load_vae(vae_path, torch.device("cpu"))[0]
+def reconstructed(images: torch.Tensor, vae_path: str, scorer: Scorer) -> torch.Tensor:
+    vae, state = load_vae(vae_path, torch.device("cpu"))
+    check_scorer(state, scorer.classifier.classifier)       # never the network its loss measured in
     means = encode_images(vae, images, torch.device("cpu"))
     return torch.cat([to_uint8(decode_latents(vae, part, 1.0)) for part in means.split(500)])
 
@@ -68,7 +70,7 @@ def main() -> None:
         rows = [("test split", lambda: test.images), ("test, blurred 2x", lambda: blurred(test.images)),
                 ("test, pixels shuffled", lambda: shuffled(test.images))]
         if args.vae:
-            rows.append(("test, VAE reconstructions", lambda: reconstructed(test.images, args.vae)))
+            rows.append(("test, VAE reconstructions", lambda: reconstructed(test.images, args.vae, scorer)))
         for name, make in rows:
             images = make()
             start = time.perf_counter()

@@ -85,16 +85,18 @@ def autoencoder_comparison(images: torch.Tensor, autoencoders: dict, path: str |
     rows = [with_crops(images)] + [with_crops(vae.decode(vae.encode(images).mode()).float().clamp(-1, 1))
                                    for vae in autoencoders.values()]
     return save_labelled_rows(rows, ["original", *autoencoders], path,
-                              title=f"reconstructions (left) and their centres enlarged 2x (right)\n{textwrap.fill(command, 110)}")
+                              title="reconstructions (left) and their centres enlarged 2x (right)\n" + textwrap.fill(command, 110))
 
 
 def reconstruction_spectra(real: list[float], spectra: dict[str, list[float]], path: str | Path,
                            command: str) -> Path:
-    """Radially averaged power spectra (`quality.radial_power_spectrum`) of the test images and
-    of each autoencoder's reconstructions: blur is the high frequencies' missing power."""
-    series = {"test images": real[1:], **{name: values[1:] for name, values in spectra.items()}}
-    return plot_lines(list(range(1, len(real))), series, path, "radial frequency (cycles per image)",
-                      title=f"power spectrum of reconstructions\n{textwrap.fill(command, 70)}", ylabel="mean power", log_y=True)
+    """Each autoencoder's radially averaged power spectrum (`quality.radial_power_spectrum`) of
+    its reconstructions divided by the test images' own, per frequency: 1 keeps the originals'
+    power, blur is the fall below 1 at high frequencies."""
+    ratios = {name: [v / r for v, r in zip(values[1:], real[1:])] for name, values in spectra.items()}
+    return plot_lines(list(range(1, len(real))), ratios, path, "radial frequency (cycles per image)",
+                      title="power of the reconstructions / power of the test images", ylabel="power ratio",
+                      log_y=True, caption=command)
 
 
 # ---------------------------------------------------------------- diffusion

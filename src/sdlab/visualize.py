@@ -5,6 +5,7 @@ Images come in as float tensors in [-1, 1]; this module and `data` are the only 
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -116,10 +117,11 @@ def plot_bar_panels(panels: Sequence[tuple[Sequence[str], Sequence[float], str, 
 
 def plot_lines(x: Sequence[float], series: dict[str, Sequence[float]], path: str | Path, xlabel: str,
                title: str = "", right: dict[str, Sequence[float]] | None = None, log_x: bool = False,
-               ylabel: str = "", log_y: bool = False) -> Path:
+               ylabel: str = "", log_y: bool = False, caption: str = "") -> Path:
     """Curves sharing one x axis: `series` on the left y axis, `right` (e.g. an accuracy in
     [0, 1]) on a second axis; each axis is labelled with its series' names. A series given as
-    a tuple (xs, ys) has x values of its own (e.g. a metric against NFE for several samplers)."""
+    a tuple (xs, ys) has x values of its own (e.g. a metric against NFE for several samplers).
+    `caption`: small text under the axes (e.g. the command that made the figure)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for name, values in series.items():
         xs, ys = values if isinstance(values, tuple) else (x, values)
@@ -141,6 +143,8 @@ def plot_lines(x: Sequence[float], series: dict[str, Sequence[float]], path: str
         handles, labels = handles + more[0], labels + more[1]
     ax.legend(handles, labels, fontsize=8)
     ax.set_title(title)
+    if caption:
+        fig.text(0.01, -0.02, textwrap.fill(caption, 100), fontsize=6, va="top", family="monospace")
     return save_figure(fig, path)
 
 
