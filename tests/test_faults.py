@@ -106,6 +106,9 @@ CASES = [
     case("train_vae", "{VAE} --save-dir {s}/r --config {w}/broken.json", "--config: cannot parse"),
     case("train_vae", "{VAE} --save-dir {s}/r --config {w}/unknown.json", "unknown keys colour"),
     case("train_vae", "{VAE} --save-dir {s}/r --config {w}/nan-lr.json", "--lr: must be a finite number"),
+    case("train_vae", "{VAE} --save-dir {s}/r --config {w}/list.json", "must hold an object of flag: value pairs (got list)"),
+    case("train_vae", "{VAE} --save-dir {s}/r --config {w}/text-lr.json", "text-lr.json: lr must be a number (got 'fast')"),
+    case("train_vae", "{VAE} --save-dir {s}/r --config {w}/string-epochs.toml", "epochs must be a whole number (got '3')"),
     case("train_vae", "{VAE} --save-dir {s}/r --dataset folder --data-dir {w}/missing", "--data-dir {w}/missing does not exist"),
     case("train_vae", "{VAE} --save-dir {s}/r --dataset folder --data-dir {w}/empty", "holds no class folders"),
     case("train_vae", "{VAE} --save-dir {s}/r --dataset folder --data-dir {w}/half", "has train/ but no test/"),
@@ -218,6 +221,9 @@ def make_world(root: Path) -> dict[str, str]:
     (w / "broken.json").write_text("{not json")
     (w / "unknown.json").write_text(json.dumps({"colour": "blue"}))
     (w / "nan-lr.json").write_text('{"train": {"lr": NaN}}')
+    (w / "list.json").write_text("[1, 2]")
+    (w / "text-lr.json").write_text('{"train": {"lr": "fast"}}')
+    (w / "string-epochs.toml").write_text('[train]\nepochs = "3"\n')
     (w / "empty").mkdir()
     image = Image.new("RGB", (16, 16), (200, 30, 30))
     for folder in ("half/train/a", "bad-image/a", "bad-image/b", "mixed/train/a", "mixed/test/b"):

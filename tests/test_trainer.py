@@ -45,6 +45,16 @@ def make_trainer(tmp_path, loss_fn=toy_loss, hook=None, **overrides):
                    device=torch.device("cpu"), epoch_hook=hook)
 
 
+def test_a_select_by_metric_the_run_never_reports_is_refused_before_training(tmp_path):
+    from sdlab.config import ConfigError
+
+    trainer = make_trainer(tmp_path, epochs=2, select_by="val/accuracy")
+    with pytest.raises(ConfigError, match=r"val/accuracy is not reported .* choose one of val/loss, val/mse"):
+        trainer.fit()
+    assert trainer.step == 0 and not (tmp_path / "out" / "last.pt").exists()
+    assert make_trainer(tmp_path, epochs=1, select_by="val/mse").fit()[-1]["val/mse"] > 0
+
+
 def test_fit_writes_checkpoints_history_and_logs(tmp_path):
     trainer = make_trainer(tmp_path, epochs=2)
     history = trainer.fit()

@@ -103,15 +103,19 @@ def read_config_file(path: str) -> dict:
         raise ConfigError("config", f"no such file {path}; pass a JSON or TOML file")
     try:
         if p.suffix.lower() == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ModuleNotFoundError:         # Python 3.10: the same parser, as a package
+                import tomli as tomllib
 
             raw = tomllib.loads(p.read_text())
         else:
             raw = json.loads(p.read_text())
-    except ModuleNotFoundError:
-        raise ConfigError("config", "TOML needs Python 3.11+; use a JSON file") from None
-    except ValueError as err:
+    except ValueError as err:                   # also a file that is not UTF-8
         raise ConfigError("config", f"cannot parse {path}: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("config", f"{path} must hold an object of flag: value pairs "
+                                    f"(got {type(raw).__name__})")
     flat: dict = {}
     for key, value in raw.items():
         if isinstance(value, dict):
@@ -119,6 +123,23 @@ def read_config_file(path: str) -> dict:
         else:
             flat[key] = value
     return {k.replace("-", "_"): tuple(v) if isinstance(v, list) else v for k, v in flat.items()}
+
+
+def wrong_type(value, field: dataclasses.Field) -> str:
+    """What a config file's `value` for `field` should have been ("a number", ...), judged by the
+    field's default; "" when it fits."""
+    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    if isinstance(default, bool):
+        return "" if isinstance(value, bool) else "true or false"
+    if isinstance(default, int):
+        return "" if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
+    if isinstance(default, float):
+        return "" if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    if isinstance(default, str):
+        return "" if isinstance(value, str) else "a string"
+    if isinstance(default, tuple):
+        return "" if isinstance(value, tuple) else "a list"
+    return ""
 
 
 def build_configs(parser: Parser, args: argparse.Namespace, classes: dict[str, type],
@@ -139,6 +160,11 @@ def build_configs(parser: Parser, args: argparse.Namespace, classes: dict[str, t
         unknown = sorted(set(from_file) - known)
         if unknown:
             parser.error(f"--config {args.config}: unknown keys {', '.join(unknown)}")
+        fields = {f.name: f for cls in classes.values() for f in dataclasses.fields(cls)}
+        for key, value in from_file.items():
+            wrong = wrong_type(value, fields[key])
+            if wrong:
+                parser.error(f"--config {args.config}: {key} must be {wrong} (got {value!r})")
         merged.update(from_file)
     merged.update(typed)
     configs = {}

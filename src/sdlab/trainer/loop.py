@@ -146,6 +146,7 @@ class Trainer:
         try:
             if resume is not None:
                 self._resume(resume, resume_state)
+            self._check_select_by()
             with self.runlog.open(), self.stops.handling_signals(cfg.max_minutes), \
                     torch.autograd.set_detect_anomaly(cfg.debug):
                 if dist.world > 1:
@@ -158,6 +159,30 @@ class Trainer:
             if dist.is_main:
                 unlock_dir(self.save_dir)
         return self.history
+
+    @torch.no_grad()
+    def _check_select_by(self) -> None:
+        """Refuse a --select-by val/<term> that this run's losses never report (best.pt would
+        never be written): the term names come from one validation batch, with its own seed.
+        val/loss, the default, is every first update's."""
+        cfg = self.cfg
+        if cfg.select_by == "val/loss" or not cfg.select_by.startswith("val/") or not len(self.val_loader):
+            return
+        images, labels = next(iter(self.val_loader.epoch(0)))
+        if not images.shape[0]:           # this process's share of a tiny split
+            return
+        was_training = self.model.training
+        self.model.eval()
+        noise = NoiseSource(torch.Generator(self.device).manual_seed(cfg.seed + 7919), 0, images.shape[0])
+        names = set()
+        for opt in self.optimizers:
+            with autocast(self.device, cfg.precision):
+                terms = opt.update.loss_fn(self.model, images, labels, generator=noise, step=None)
+            names |= {f"val/{k}" for k in self._named(opt, terms)}
+        self.model.train(was_training)
+        if cfg.select_by not in names:
+            raise ConfigError("select_by", f"{cfg.select_by} is not reported by this run's validation; "
+                                           f"choose one of {', '.join(sorted(names))}")
 
     def _out_of_steps(self) -> bool:
         """True once --max-steps or --max-minutes is used up (the epoch then ends as usual)."""
