@@ -153,9 +153,6 @@ class DiffusionPipeline:
         (pipe(16, sampler="dpmpp_2m", sample_steps=15)).
         """
         self.model.eval()
-        if negative_prompt is not None and guidance_scale == 1.0:
-            warnings.warn("the negative prompt has no effect at guidance scale 1 (only the conditional prediction "
-                          "is used); give a scale above 1")
         cond, uncond = self.conditioning.request(num, labels, prompt, negative_prompt, self.device)
         denoiser = self.conditioning.denoiser(self.model, cond, uncond, guidance_scale)
         cfg = sampler_config(sampler, **options)

@@ -17,6 +17,7 @@ The sampling flags (--sampler, --steps, --eta, --spacing, ...) come from `Sample
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -46,9 +47,7 @@ def build_parser() -> Parser:
     parser.add_argument("--negative-prompt", default=None, metavar="TEXT",
                         help="what guidance steers away from, in place of the empty prompt")
     parser.add_argument("--guidance-scale", type=finite_float, default=1.0,
-                        help="classifier-free guidance w: eps = eps_neg + w (eps_cond - eps_neg), eps_neg the "
-                             "negative prompt's prediction or the unconditional one (1: conditional only, so a "
-                             "negative prompt has no effect; 0: eps_neg alone)")
+                        help="classifier-free guidance w (0: unconditional, 1: conditional)")
     parser.add_argument("--init-image", default=None, metavar="PATH",
                         help="img2img (SDEdit): start from this image noised to --strength")
     parser.add_argument("--strength", type=finite_float, default=None,
@@ -72,7 +71,10 @@ def build_parser() -> Parser:
 
 def image_options(parser: Parser, args, pipe: DiffusionPipeline) -> dict:
     """The img2img / inpainting inputs read from --init-image and --mask, at the model's image
-    size."""
+    size (and a note for --prompt words outside the model's vocabulary)."""
+    unknown = pipe.conditioning.unknown([*args.prompts, args.negative_prompt or ""])
+    if unknown:
+        print(f"note: not in this model's vocabulary, read as <unk>: {', '.join(unknown)}", file=sys.stderr)
     options = {}
     if args.strength is not None and not 0 <= args.strength <= 1:
         parser.error(f"--strength must be in [0, 1] (got {args.strength})")
