@@ -117,6 +117,7 @@ CASES = [
     # ---- train_diffusion
     *(case("train_diffusion", f"{{DDPM}} --save-dir {{s}}/r {flag}", expect) for flag, expect in [
         ("--latent", "--vae-checkpoint: --latent needs --vae-checkpoint PATH"),
+        ("--vae-checkpoint {vae}/best.pt", "--vae-checkpoint: is read only by latent runs: add --latent"),
         ("--latent --vae-checkpoint {w}/missing.pt", "--vae-checkpoint: no checkpoint at {w}/missing.pt"),
         ("--latent --vae-checkpoint {ddpm}/best.pt", "is not a VAE checkpoint (kind 'diffusion')"),
         ("--latent --vae-checkpoint {w}/random.pt", "cannot read checkpoint"),

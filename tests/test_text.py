@@ -254,15 +254,44 @@ def test_tiny_text_to_image_run_from_the_command_line(tmp_path, capsys):
     Image.fromarray(to_uint8(make_scenes(1, 16).images.float() / 127.5 - 1)[0].permute(1, 2, 0).numpy()).save(init)
     from sdlab.cli import sample                           # in this process: no torch start-up per call
 
-    for extra in ([], ["--init-image", init, "--strength", "0.5"], ["--init-image", init, "--mask", init]):
-        out = tmp_path / f"out{len(extra)}.png"
+    summaries = {}
+    for name, extra in {"t2i": [], "img2img": ["--init-image", init, "--strength", "0.5"],
+                        "inpaint": ["--init-image", init, "--mask-box", "4,4,12,12"]}.items():
+        out = tmp_path / f"{name}.png"
         sample.main([str(run / "best.pt"), "--prompt", "a large red disc in the centre", "--negative-prompt",
-                     "a purple square", "--guidance-scale", "3", "--num-samples", "2", "--steps", "3",
+                     "a blue square", "--guidance-scale", "3", "--num-samples", "2", "--steps", "4",
                      *map(str, extra), "--out", str(out)])
-        assert out.stat().st_size > 0 and "read as <unk>: purple" in capsys.readouterr().err
+        assert out.stat().st_size > 0
+        summaries[name] = capsys.readouterr().out
+    # the summary names the steps that ran: 4 from pure noise; from t = round(0.5 x 19) = 10, t = 10 and
+    # the grid's points below it (15, 10, 5, 0 -> 10, 5, 0)
+    assert "4 uniform steps (4 NFE)" in summaries["t2i"] and "3 uniform steps from t = 10 (3 NFE), strength 0.5" \
+        in summaries["img2img"] and "strength 1" in summaries["inpaint"]
+    # an existing output is never replaced unasked; a photo as a mask is not read as a soft mask
+    with pytest.raises(SystemExit):
+        sample.main([str(run / "best.pt"), "--prompt", "a red disc", "--steps", "2", "--out", str(tmp_path / "t2i.png")])
+    assert "t2i.png exists; pass --overwrite" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sample.main([str(run / "best.pt"), "--prompt", "a red disc", "--init-image", str(init), "--mask", str(init),
+                     "--out", str(tmp_path / "y.png")])
+    assert "of its pixels are grey; give a black-and-white image" in capsys.readouterr().err
+    # a prompt the model would misread is one line naming the word, never an untrained <unk>
+    with pytest.raises(SystemExit) as stop:
+        sample.main([str(run / "best.pt"), "--prompt", "a red disc in the center", "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "'center' is not in this model's vocabulary" in err and "nearest: centre" in err
+    with pytest.raises(SystemExit):
+        sample.main([str(run / "best.pt"), "--prompt", " ".join(["a red disc"] * 5), "--out", str(tmp_path / "x.png")])
+    assert "has 15 words; this model reads at most 10" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="negative prompt has no effect at guidance scale 1"):
+        pipe(1, prompt="a red disc", negative_prompt="a square", sample_steps=2)
+    assert not (tmp_path / "x.png").exists()
     with pytest.raises(SystemExit) as stop:
         sample.main([str(run / "best.pt"), "--mask", str(init)])
     assert stop.value.code == 2 and "need --init-image" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sample.main([str(run / "best.pt"), "--init-image", str(tmp_path), "--out", str(tmp_path / "z.png")])
+    assert "is a folder; give an image file" in capsys.readouterr().err
     sample.main([str(run / "best.pt"), "--figures", str(tmp_path / "figs"), "--guidance-scale", "3",
                  "--steps", "3"])                                          # the run's sample prompts
     for name in ("reverse_process.png", "prompt_grid.png", "cross_attention.png", "img2img.png", "inpainting.png"):

@@ -27,6 +27,7 @@ and a test.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 
 import torch
@@ -110,10 +111,6 @@ class Unconditional:
 
     def class_ids(self, names: list[str]) -> list[int]:
         raise ConditionError("--class: this checkpoint is not class-conditional (train with --class-cond)")
-
-    def unknown(self, texts: list[str]) -> list[str]:
-        """The words of `texts` the model cannot read (they would become <unk>)."""
-        return []
 
     def ask(self, num: int, classes: list[str] = (), prompts: list[str] = (), negative_prompt: str | None = None) -> dict:
         """`draw_samples` keywords for a user's --class / --prompt / --negative-prompt, cycled
@@ -250,11 +247,28 @@ class TextCondition(Unconditional):
         return self.empty_prompt.to(device).expand(num, -1)
 
     def tokens(self, prompts: str | list[str] | None, num: int, device) -> torch.Tensor:
-        """Prompt ids (num, L): one prompt for all, or one per image; None is the empty prompt."""
+        """Prompt ids (num, L): one prompt for all, or one per image; None is the empty prompt.
+        A prompt the model would misread (a word outside its vocabulary, more words than its
+        context holds) is a ConditionError naming the word, never an untrained <unk> or a cut."""
         prompts = [prompts or ""] * num if prompts is None or isinstance(prompts, str) else list(prompts)
         if len(prompts) != num:
             raise ConditionError(f"got {len(prompts)} prompts for {num} images; give one, or one per image")
+        for prompt in dict.fromkeys(prompts):
+            self.check_prompt(prompt)
         return self.tokenizer.encode(prompts).to(device)
+
+    def check_prompt(self, prompt: str) -> None:
+        """ConditionError unless every word of `prompt` is in the vocabulary and all fit the context."""
+        unknown = self.tokenizer.unknown(prompt)
+        if unknown:
+            word, known = unknown[0], [w for w in self.tokenizer.vocab if not w.startswith("<")]
+            near = difflib.get_close_matches(word, known, n=3)
+            raise ConditionError(f"prompt {prompt!r}: {word!r} is not in this model's vocabulary (the words of its "
+                                 f"training captions){'; nearest: ' + ', '.join(near) if near else ''}")
+        room = self.tokenizer.length - 2
+        if len(words(prompt)) > room:
+            raise ConditionError(f"prompt {prompt!r} has {len(words(prompt))} words; this model reads at most {room} "
+                                 f"(its context of {self.tokenizer.length} tokens holds a start and an end token too)")
 
     def request(self, num, labels=None, prompt=None, negative_prompt=None, device=None):
         if labels is not None:
@@ -271,9 +285,6 @@ class TextCondition(Unconditional):
         states, mask = model.encode(torch.cat([cond, uncond]))
         (states_c, states_u), (mask_c, mask_u) = states.chunk(2), mask.chunk(2)
         return guided(model.denoise, (states_c, mask_c), scale, (states_u, mask_u))
-
-    def unknown(self, texts):
-        return sorted({w for t in texts for w in self.tokenizer.unknown(t)})
 
     def ask(self, num, classes=(), prompts=(), negative_prompt=None):
         if classes:

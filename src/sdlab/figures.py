@@ -84,8 +84,8 @@ def autoencoder_comparison(images: torch.Tensor, autoencoders: dict, path: str |
 
     rows = [with_crops(images)] + [with_crops(vae.decode(vae.encode(images).mode()).float().clamp(-1, 1))
                                    for vae in autoencoders.values()]
-    return save_labelled_rows(rows, ["original", *autoencoders], path,
-                              title="reconstructions (left) and their centres enlarged 2x (right)\n" + textwrap.fill(command, 110))
+    title = "reconstructions (left) and their centres enlarged 2x (right)\n" + textwrap.fill(command, 110)
+    return save_labelled_rows(rows, ["original", *autoencoders], path, title=title)
 
 
 def reconstruction_spectra(real: list[float], spectra: dict[str, list[float]], path: str | Path,

@@ -153,6 +153,9 @@ class DiffusionPipeline:
         (pipe(16, sampler="dpmpp_2m", sample_steps=15)).
         """
         self.model.eval()
+        if negative_prompt is not None and guidance_scale == 1.0:
+            warnings.warn("the negative prompt has no effect at guidance scale 1 (only the conditional prediction "
+                          "is used); give a scale above 1")
         cond, uncond = self.conditioning.request(num, labels, prompt, negative_prompt, self.device)
         denoiser = self.conditioning.denoiser(self.model, cond, uncond, guidance_scale)
         cfg = sampler_config(sampler, **options)
@@ -179,12 +182,22 @@ class DiffusionPipeline:
             images = repaint * images + (1 - repaint) * init_image.float().to(self.device)
         return images
 
+    @staticmethod
+    def strength(strength: float | None, masked: bool) -> float:
+        """img2img's strength (default 0.8; 1 for inpainting), checked to lie in [0, 1]."""
+        strength = (1.0 if masked else 0.8) if strength is None else strength
+        if not 0 <= strength <= 1:
+            raise ValueError(f"strength must be in [0, 1] (got {strength})")
+        return strength
+
+    def start_timestep(self, strength: float) -> int | None:
+        """The timestep img2img starts from, round(strength (T - 1)); None (pure noise) at 1."""
+        return round(strength * (self.schedule.num_timesteps - 1)) if strength < 1 else None
+
     def image_start(self, shape, init_image, strength, mask, generator, layout) -> dict:
         """Where img2img and inpainting start: {"x_T", "t_start", "after_step"}, or {"done": x0}
         when strength 0 leaves nothing to do."""
-        strength = (1.0 if mask is not None else 0.8) if strength is None else strength
-        if not 0 <= strength <= 1:
-            raise ValueError(f"strength must be in [0, 1] (got {strength})")
+        strength = self.strength(strength, mask is not None)
         if tuple(init_image.shape[-2:]) != (self.image_size, self.image_size):
             raise ValueError(f"init_image is {tuple(init_image.shape[-2:])}; this model makes "
                              f"{self.image_size}x{self.image_size} images")
@@ -193,7 +206,7 @@ class DiffusionPipeline:
             return {"done": x0}
         noise = torch.randn(shape, generator=generator, device=self.device).contiguous(memory_format=layout)
         T = self.schedule.num_timesteps
-        t_start = round(strength * (T - 1)) if strength < 1 else None
+        t_start = self.start_timestep(strength)
         x_T = noise if t_start is None else self.schedule.q_sample(x0, torch.full((shape[0],), t_start, device=self.device), noise)
         out = {"x_T": x_T, "t_start": t_start}
         if mask is not None:

@@ -50,7 +50,7 @@ def default_precision(device: torch.device) -> str:
     """bf16 where the hardware runs it natively (CUDA with bf16, or CPUs with AVX512-BF16/AMX),
     else fp32."""
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"   # native only
     if device.type == "cpu":
         native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
         return "bf16" if native else "fp32"

@@ -78,6 +78,15 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str,
         group.add_argument(flag_name(f.name), *aliases.get(f.name, []), **kwargs)
 
 
+def show_defaults(parser: argparse.ArgumentParser, defaults: dict, where: str) -> None:
+    """Make --help print `defaults` (field -> the value a run `where` uses, e.g. "on cpu") in
+    place of the dataclass defaults, so that the help tells what a run with no flags does."""
+    for action in parser._actions:
+        if action.dest in defaults and action.help and action.help.endswith(")"):
+            head = action.help.rsplit(" (default: ", 1)[0]
+            action.help = f"{head} (default {where}: {_show(defaults[action.dest])})"
+
+
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of every command that draws images: SamplerConfig's fields (--steps short for
     --sample-steps) and --precision."""

@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..outputs import unlock_dir, writable_file
 from ..runtime import DEVICE_HELP, pick_device, resolve_precision
 from ..trainer import TrainConfig
-from .flags import Parser, add_config_flags, flag_name, print_error_and_exit
+from .flags import Parser, add_config_flags, flag_name, print_error_and_exit, show_defaults
 
 # The original repo's flag names, kept as aliases of the shared flags.
 SHARED_ALIASES = {
@@ -86,6 +86,15 @@ def shared_parser(prog: str, description: str) -> Parser:
     add_config_flags(parser, DataConfig, "data", SHARED_ALIASES)
     add_config_flags(parser, TrainConfig, "training", SHARED_ALIASES)
     return parser
+
+
+def machine_defaults(parser: Parser, defaults: dict) -> None:
+    """--help shows `defaults` (a recipe's defaults for the device "auto" picks here) and the
+    precision "auto" resolves to, in place of the dataclass defaults."""
+    device = pick_device("auto")
+    shown = dict(defaults, precision=f"auto ({resolve_precision(device, 'auto')} here)",
+                 device=f"auto ({device.type} here)")
+    show_defaults(parser, shown, f"on {device.type}")
 
 
 def resolve_device(parser: Parser, train: TrainConfig) -> torch.device:

@@ -15,12 +15,13 @@ from ..recipes import ClassifierRun, train_classifier
 from ..recipes.classifier import DEFAULTS
 from ..trainer import TrainConfig
 from .flags import add_config_flags, build_configs
-from .session import resolve_device, shared_parser, user_errors
+from .session import machine_defaults, resolve_device, shared_parser, user_errors
 
 def build_parser():
     parser = shared_parser("sdlab-train-classifier", "Train the classifier of the offline sample-"
                            "quality metric (FD-classifier and class accuracy of samples).")
     add_config_flags(parser, ClassifierConfig, "classifier", skip=("in_channels", "num_classes", "test_flip"))
+    machine_defaults(parser, DEFAULTS)
     return parser
 
 

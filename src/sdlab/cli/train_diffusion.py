@@ -25,7 +25,8 @@ from ..text import TextConfig
 from ..trainer import TrainConfig
 from ..unet import PRESETS, UNetConfig
 from .flags import add_config_flags, build_configs
-from .session import resolve_device, shared_parser, user_errors
+from ..runtime import pick_device
+from .session import machine_defaults, resolve_device, shared_parser, user_errors
 
 # The original repo's flags and the fields they set. --down-scale gives the per-level channel
 # multipliers; --is-attn (per-level 0/1, e.g. 0,1,0) is turned into attention_resolutions.
@@ -63,6 +64,7 @@ def build_parser():
     add_config_flags(parser, TextConfig, "text conditioning (prompts through cross-attention)")
     add_config_flags(parser, QualityConfig, "sample quality during training (--eval-every)",
                      skip=("reference_split", "feature_batch"))
+    machine_defaults(parser, device_defaults(pick_device("auto")))      # the default --model-size's preset
     return parser
 
 

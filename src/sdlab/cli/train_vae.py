@@ -15,7 +15,8 @@ from ..recipes.vae import FinetuneConfig, device_defaults
 from ..trainer import TrainConfig
 from ..vae import VAEConfig, VAELossConfig
 from .flags import add_config_flags, build_configs
-from .session import resolve_device, shared_parser, user_errors
+from ..runtime import pick_device
+from .session import machine_defaults, resolve_device, shared_parser, user_errors
 
 # The original repo's VAE flags and what they set. --B is beta (the KL weight); --reduction
 # sum|mean picks per-image sums or per-pixel means for both loss terms (see vae_loss).
@@ -37,6 +38,7 @@ def build_parser():
     add_config_flags(parser, VAELossConfig, "VAE loss", VAE_ALIASES)
     add_config_flags(parser, DiscriminatorConfig, "PatchGAN discriminator (Stable Diffusion's adversarial term)")
     add_config_flags(parser, FinetuneConfig, "decoder-only fine-tuning")
+    machine_defaults(parser, device_defaults(pick_device("auto")))
     return parser
 
 

@@ -59,21 +59,25 @@ class SamplerConfig:
         """The timestep spacing this run uses ("auto" resolved by the sampler)."""
         return SAMPLERS[self.sampler].spacing if self.spacing == "auto" else self.spacing
 
-    def timesteps(self, schedule: NoiseSchedule) -> list[int]:
-        """The decreasing trained timesteps this run visits."""
+    def timesteps(self, schedule: NoiseSchedule, t_start: int | None = None) -> list[int]:
+        """The decreasing trained timesteps this run visits; from `t_start` (img2img, SDEdit):
+        t_start, then the grid's points below it."""
         if self.sampler == "ddpm":
-            return list(range(schedule.num_timesteps - 1, -1, -1))
-        return sampling_timesteps(schedule, self.sample_steps, self.grid)
+            seq = list(range(schedule.num_timesteps - 1, -1, -1))
+        else:
+            seq = sampling_timesteps(schedule, self.sample_steps, self.grid)
+        return seq if t_start is None else [t_start] + [t for t in seq if t < t_start]
 
-    def evaluations(self, schedule: NoiseSchedule) -> int:
+    def evaluations(self, schedule: NoiseSchedule, t_start: int | None = None) -> int:
         """Network evaluations (NFE) per image, guidance's doubled batch counted once."""
-        return SAMPLERS[self.sampler].evaluations(len(self.timesteps(schedule)))
+        return SAMPLERS[self.sampler].evaluations(len(self.timesteps(schedule, t_start)))
 
-    def describe(self, schedule: NoiseSchedule) -> str:
-        """e.g. "dpmpp_2m, 15 karras steps (15 NFE)"."""
-        steps = len(self.timesteps(schedule))
+    def describe(self, schedule: NoiseSchedule, t_start: int | None = None) -> str:
+        """e.g. "dpmpp_2m, 15 karras steps (15 NFE)"; from `t_start`, the steps that run."""
+        steps = len(self.timesteps(schedule, t_start))
         grid = "" if self.sampler == "ddpm" else f" {self.grid}"
-        return f"{self.sampler}, {steps}{grid} steps ({self.evaluations(schedule)} NFE)"
+        start = "" if t_start is None else f" from t = {t_start}"
+        return f"{self.sampler}, {steps}{grid} steps{start} ({self.evaluations(schedule, t_start)} NFE)"
 
 
 def sampler_config(config: SamplerConfig | str | None = None, **options) -> SamplerConfig:
@@ -147,9 +151,7 @@ def sample(denoiser, schedule: NoiseSchedule, shape: tuple[int, ...], config: Sa
     cfg = sampler_config(config, **options)
     solver = SAMPLERS[cfg.sampler](cfg.eta, cfg.variance)
     net = ScheduleDenoiser(denoiser, schedule, prediction, cfg.clip, labels)
-    seq = cfg.timesteps(schedule)
-    if t_start is not None:
-        seq = [t_start] + [t for t in seq if t < t_start]
+    seq = cfg.timesteps(schedule, t_start)
     x = torch.randn(shape, generator=generator, device=device) if x_T is None else x_T
     x = x.contiguous(memory_format=memory_format)
 

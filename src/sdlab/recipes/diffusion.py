@@ -144,6 +144,9 @@ def check_run(run: DiffusionRun) -> None:
     if run.latent.latent and not run.latent.vae_checkpoint and not run.train.resume:
         raise ConfigError("vae_checkpoint", "--latent needs --vae-checkpoint PATH (a best.pt or last.pt "
                                             "from train_vae.py)")
+    if run.latent.vae_checkpoint and not run.latent.latent and not run.train.resume:
+        raise ConfigError("vae_checkpoint", "is read only by latent runs: add --latent (or leave it out to train "
+                                            "in pixel space)")
     if run.text.text_cond and run.quality.eval_every:
         raise ConfigError("eval_every", "scores class-conditional and unconditional runs; a text-conditioned "
                                         "run is measured by bench/text_to_image.py")

@@ -9,6 +9,7 @@ train.log, TensorBoard, history.json) and `checkpoints` (the run folder, files, 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import signal
 import time
@@ -77,6 +78,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(train) / cfg.grad_accum)
         total = cfg.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
+        self._timing: tuple[int, float | None] = (0, None)     # `_estimate`'s window
         self.optimizers = [Optimizer(u, model, cfg, self.steps_per_epoch, self.total_steps, device)
                            for u in updates]
         owned = {id(p) for opt in self.optimizers for p in opt.params}
@@ -152,6 +154,8 @@ class Trainer:
                 if dist.world > 1:
                     self.log(f"data parallel: {dist.world} processes x batch {self.train_loader.batch_size} = "
                              f"{self.train_loader.global_batch} images per step")
+                self.log(self._plan())
+                self._timing = (self.step, None)
                 while self.epoch < cfg.epochs and not self._out_of_steps():
                     if self._train_epoch():
                         break
@@ -184,6 +188,31 @@ class Trainer:
             raise ConfigError("select_by", f"{cfg.select_by} is not reported by this run's validation; "
                                            f"choose one of {', '.join(sorted(names))}")
 
+    def _plan(self) -> str:
+        """What fit is about to do: steps left, global batch, precision, device, limits."""
+        cfg, left = self.cfg, self.total_steps - self.step
+        limits = [f"--max-minutes {cfg.max_minutes:g}"] if cfg.max_minutes else []
+        return (f"plan: {left} optimizer steps ({cfg.epochs} epochs x {self.steps_per_epoch} steps"
+                f"{', cut by --max-steps' if self.total_steps < cfg.epochs * self.steps_per_epoch else ''}"
+                f"{', from step ' + str(self.step) if self.step else ''}), {self.train_loader.global_batch} images "
+                f"per step, precision {cfg.precision}, device {self.device}"
+                + (f", stopping after {limits[0]}" if limits else ""))
+
+    ESTIMATE_AFTER = (5, 25)       # steps after fit starts: the timed window (the first steps warm up)
+
+    def _estimate(self) -> None:
+        """Once, after the timed window: the whole run's training time at the measured pace."""
+        begin, started = self._timing          # the step fit started at; when the timed window began
+        done = self.step - begin
+        if done == self.ESTIMATE_AFTER[0]:
+            self._timing = (begin, time.perf_counter())
+        elif done == self.ESTIMATE_AFTER[1] and started is not None:
+            per_step = (time.perf_counter() - started) / (self.ESTIMATE_AFTER[1] - self.ESTIMATE_AFTER[0])
+            left = self.total_steps - self.step
+            self.log(f"estimate: {per_step:.3g} s per step, {left} steps left: about "
+                     f"{datetime.timedelta(seconds=round(per_step * left))} of training (validation and figures "
+                     f"not counted{'; --max-minutes may stop it first' if self.cfg.max_minutes else ''})")
+
     def _out_of_steps(self) -> bool:
         """True once --max-steps or --max-minutes is used up (the epoch then ends as usual)."""
         return (bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps) or self.stops.time_up
@@ -214,6 +243,7 @@ class Trainer:
             if not stepping:
                 continue
             self._optimizer_step()
+            self._estimate()
             if self.step % cfg.log_every == 0:
                 window = self._log_window(window)
             if cfg.save_every_steps and self.step % cfg.save_every_steps == 0 and self.batch < n_batches:
