@@ -41,7 +41,7 @@ def shuffled(images: torch.Tensor) -> torch.Tensor:
 
 def reconstructed(images: torch.Tensor, vae_path: str, scorer: Scorer) -> torch.Tensor:
     vae, state = load_vae(vae_path, torch.device("cpu"))
-    check_scorer(state, scorer.classifier.classifier)       # never the network its loss measured in
+    check_scorer(state, scorer.classifier_sha256)       # never the network its loss measured in
     means = encode_images(vae, images, torch.device("cpu"))
     return torch.cat([to_uint8(decode_latents(vae, part, 1.0)) for part in means.split(500)])
 

@@ -71,12 +71,15 @@ def main(argv=None) -> None:
     scored = bool(quality.classifier) or quality.features == "inception"
     scorer = Scorer(quality, device) if scored else None        # a missing classifier file stops here
     cache = writable_dir(args.cache_dir or out.parent, "--cache-dir") if scored else None
-    results, models, reference = {}, {}, None
+    results, models, loaded, reference = {}, {}, {}, None
     for path in [args.checkpoint, *args.compare]:
         vae, state = load_vae(path, device)
         if scorer is not None and scorer.classifier is not None:
-            check_scorer(state, scorer.classifier.classifier)
-        data_cfg, splits = stored_splits(state["config"], args.dataset, args.data_dir)
+            check_scorer(state, scorer.classifier_sha256)
+        key = (json.dumps(state["config"]["data"], sort_keys=True), state["config"]["train"]["seed"])
+        if key not in loaded:                      # compared VAEs of one dataset read it once
+            loaded[key] = stored_splits(state["config"], args.dataset, args.data_dir)
+        data_cfg, splits = loaded[key]
         tested_on = (data_cfg.dataset, len(splits.test))
         if results and tested_on != reference:
             raise UserError(f"--compare {path}: its test split ({tested_on[0]}, {tested_on[1]} images) is not "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..checkpoint import read_cache, save_checkpoint, state_digest
 from ..config import option, require, require_choice
@@ -108,16 +109,17 @@ class Scorer:
         if cfg.classifier:
             model, self.classes = load_classifier(cfg.classifier, device)
             self.classifier = ClassifierFeatures(model)
-            self.classifier_key = state_digest(model.state_dict())[:16]
+            self.classifier_sha256 = state_digest(model.state_dict())   # also what `recipes.vae.check_scorer` compares
         if cfg.features == "inception":
             self.extractor, self.key = InceptionFeatures(cfg.inception_weights or None).to(device), "inception-v3"
         else:
-            self.extractor, self.key = self.classifier, f"classifier-{self.classifier_key}"
+            self.extractor, self.key = self.classifier, f"classifier-{self.classifier_sha256[:16]}"
 
     def _apply(self, module: torch.nn.Module, images: torch.Tensor):
         """`module` over uint8 images (N, C, H, W) in batches; its outputs (a tuple stays a
         tuple) concatenated on the CPU."""
-        outs = [module(part.to(self.device)) for part in images.split(self.cfg.feature_batch)]
+        parts = images.split(self.cfg.feature_batch)
+        outs = [module(part.to(self.device)) for part in tqdm(parts, desc="features", leave=False, disable=len(parts) < 4)]
         if isinstance(outs[0], tuple):
             return tuple(torch.cat([out[i].cpu() for out in outs]) for i in range(len(outs[0])))
         return torch.cat([out.cpu() for out in outs])

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
 from ..autoencoder_loss import AutoencoderTraining, autoencoder_loss, discriminator_update, trained_part
 from ..checkpoint import state_digest
@@ -116,9 +117,10 @@ def loss_network_digest(perceptual: torch.nn.Module | None) -> str | None:
     return None if net is None else state_digest(net.state_dict())
 
 
-def check_scorer(vae_state: dict, classifier: torch.nn.Module, flag: str = "--classifier") -> None:
-    """Refuse to score the VAE of checkpoint `vae_state` with the classifier its perceptual loss measured in."""
-    if vae_state["config"].get("perceptual_net_sha256") == state_digest(classifier.state_dict()):
+def check_scorer(vae_state: dict, classifier_sha256: str, flag: str = "--classifier") -> None:
+    """Refuse to score the VAE of checkpoint `vae_state` with the classifier (its weights' SHA-256,
+    `Scorer.classifier_sha256`) its perceptual loss measured in."""
+    if vae_state["config"].get("perceptual_net_sha256") == classifier_sha256:
         raise UserError(f"{flag}: this VAE was trained against that classifier (its --perceptual-net); "
                         "score it with another one (another seed or width)")
 
@@ -229,7 +231,8 @@ def evaluate_vae(vae: VAE, test: BatchLoader, sigma: float, generator: torch.Gen
     sums = {"mse": 0.0, "psnr": 0.0, "ssim": 0.0, "kl_bits": 0.0, "nelbo_bpd": 0.0}
     spectra = {"real": 0.0, "recon": 0.0}
     means, n = [], 0
-    for x, _ in test.epoch(0):
+    batches = min(len(test), -(-limit // test.global_batch)) if limit else len(test)
+    for x, _ in tqdm(test.epoch(0), desc="evaluating", total=batches, leave=False):
         q = vae.encode(x)
         x_mode = vae.decode(q.mode()).float()
         x_hat = vae.decode(q.sample(generator))
